@@ -1,0 +1,45 @@
+"""The jupyter_server extension app: builds the session manager and registers the API."""
+
+from __future__ import annotations
+
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Type
+
+from ._version import __version__
+from .handlers import default_handlers
+from .manager import AgentSessionManager
+
+
+class AgentSessionsApp(ExtensionApp):
+    """Agent sessions: isolated, stateful kernels that LLM agents drive over REST."""
+
+    name = "jupyter_exec_ext"
+    version = __version__
+    description = __doc__
+
+    agent_session_manager_class = Type(
+        default_value=AgentSessionManager,
+        klass=AgentSessionManager,
+        config=True,
+        help="The class that owns agent sessions; subclass it to change how they are run.",
+    )
+
+    def initialize_settings(self) -> None:
+        """Build the session manager on the server's kernel manager."""
+        assert self.serverapp is not None
+        self.agent_session_manager = self.agent_session_manager_class(
+            parent=self,
+            kernel_manager=self.serverapp.kernel_manager,
+            kernel_spec_manager=self.serverapp.kernel_spec_manager,
+            root_dir=self.serverapp.root_dir,
+            base_url=self.serverapp.base_url,
+        )
+        self.settings.update({"agent_session_manager": self.agent_session_manager})
+
+    def initialize_handlers(self) -> None:
+        """Register the API routes (relative: the server adds its base_url)."""
+        self.handlers.extend(default_handlers)
+
+    async def stop_extension(self) -> None:
+        """Shut every session's kernel down with the server."""
+        await self.agent_session_manager.shutdown()

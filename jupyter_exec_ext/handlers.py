@@ -1,0 +1,159 @@
+"""HTTP handlers of the agent-session API: parse, validate, make one manager call, answer."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
+from tornado import web
+
+from .manager import AgentSessionManager
+from .spec import validation_error
+
+#: Agent sessions run code in kernels, so an authorizer's rules for kernels govern them too:
+#: a deployment that forbids kernel execution is not opened up by this extension.
+AUTH_RESOURCE = "kernels"
+
+_SESSION_ID = r"(?P<session_id>[^/]+)"
+_CHUNK_SIZE = 1 << 20
+
+
+class AgentSessionsAPIHandler(APIHandler):
+    """Base handler: the manager and request-body validation."""
+
+    auth_resource = AUTH_RESOURCE
+
+    @property
+    def agent_session_manager(self) -> AgentSessionManager:
+        """The manager that owns the sessions."""
+        manager: AgentSessionManager = self.settings["agent_session_manager"]
+        return manager
+
+    def validated_body(self, schema_name: str, *, required: bool = True) -> dict[str, Any]:
+        """The request's JSON body checked against the spec's ``schema_name``, or a 400."""
+        body = self.get_json_body()
+        if body is None:
+            if required:
+                raise web.HTTPError(400, "The request needs a JSON body")
+            body = {}
+        problem = validation_error(schema_name, body)
+        if problem:
+            raise web.HTTPError(400, f"Invalid request body: {problem}")
+        return body
+
+    def finish_json(self, model: Any, status: int = 200) -> None:
+        """Answer with ``model`` as JSON."""
+        self.set_status(status)
+        self.finish(json.dumps(model))
+
+
+class SessionsHandler(AgentSessionsAPIHandler):
+    """``/api/agent-sessions``: list and create sessions."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        """List the live sessions."""
+        self.finish_json(self.agent_session_manager.list_sessions())
+
+    @web.authenticated
+    @authorized(action="execute")
+    async def post(self) -> None:
+        """Start a session and answer 201 with its model and Location."""
+        body = self.validated_body("CreateSessionRequest", required=False)
+        model = await self.agent_session_manager.create_session(
+            kernel_name=body.get("kernel_name"), name=body.get("name")
+        )
+        self.set_header(
+            "Location", url_path_join(self.base_url, "api/agent-sessions", model["id"])
+        )
+        self.finish_json(model, status=201)
+
+
+class SessionHandler(AgentSessionsAPIHandler):
+    """``/api/agent-sessions/{id}``: get and delete one session."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, session_id: str) -> None:
+        """Get a session's model."""
+        self.finish_json(self.agent_session_manager.get_session(session_id))
+
+    @web.authenticated
+    @authorized
+    async def delete(self, session_id: str) -> None:
+        """Delete a session; its kernel is shut down."""
+        await self.agent_session_manager.delete_session(session_id)
+        self.set_status(204)
+        self.finish()
+
+
+class ExecuteHandler(AgentSessionsAPIHandler):
+    """``/api/agent-sessions/{id}/execute``: run code."""
+
+    @web.authenticated
+    @authorized(action="execute")
+    async def post(self, session_id: str) -> None:
+        """Run the body's code and answer with the execution result."""
+        body = self.validated_body("ExecuteRequest")
+        result = await self.agent_session_manager.execute(
+            session_id, body["code"], timeout=body.get("timeout")
+        )
+        self.finish_json(result)
+
+
+class InterruptHandler(AgentSessionsAPIHandler):
+    """``/api/agent-sessions/{id}/interrupt``."""
+
+    @web.authenticated
+    @authorized(action="execute")
+    async def post(self, session_id: str) -> None:
+        """Interrupt the session's kernel."""
+        await self.agent_session_manager.interrupt(session_id)
+        self.set_status(204)
+        self.finish()
+
+
+class RestartHandler(AgentSessionsAPIHandler):
+    """``/api/agent-sessions/{id}/restart``."""
+
+    @web.authenticated
+    @authorized(action="execute")
+    async def post(self, session_id: str) -> None:
+        """Give the session a fresh kernel and answer with its model."""
+        self.finish_json(await self.agent_session_manager.restart(session_id))
+
+
+class FileHandler(AgentSessionsAPIHandler):
+    """``/api/agent-sessions/{id}/files/{file_id}``: download a captured output."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, session_id: str, file_id: str) -> None:
+        """Send the file's bytes with its media type."""
+        stored = self.agent_session_manager.get_file(session_id, file_id)
+        self.set_header("Content-Type", stored.mime_type)
+        # Captured HTML and SVG are the kernel's output: never let a browser run them in the
+        # server's origin, where they could act with the user's credentials.
+        self.set_header("Content-Security-Policy", "sandbox; default-src 'none'")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Content-Length", str(stored.size))
+        # In chunks: the full text of a cut output can be hundreds of megabytes.
+        with stored.path.open("rb") as handle:
+            while chunk := handle.read(_CHUNK_SIZE):
+                self.write(chunk)
+                await self.flush()
+        self.finish()
+
+
+default_handlers: list[tuple[str, type[AgentSessionsAPIHandler]]] = [
+    (r"/api/agent-sessions/?", SessionsHandler),
+    (rf"/api/agent-sessions/{_SESSION_ID}/?", SessionHandler),
+    (rf"/api/agent-sessions/{_SESSION_ID}/execute", ExecuteHandler),
+    (rf"/api/agent-sessions/{_SESSION_ID}/interrupt", InterruptHandler),
+    (rf"/api/agent-sessions/{_SESSION_ID}/restart", RestartHandler),
+    (rf"/api/agent-sessions/{_SESSION_ID}/files/(?P<file_id>[^/]+)", FileHandler),
+]

@@ -1,0 +1,208 @@
+"""Run code on one kernel of the server's kernel manager, server-side, over the kernel protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from queue import Empty
+from typing import Any
+
+from jupyter_core.utils import ensure_async
+
+from .capture import OutputCapture
+
+#: How often a waiting execution checks that the kernel process is still alive, in seconds.
+#: Only executions that are waiting poll, so an idle server does no work at all.
+LIVENESS_INTERVAL = 0.5
+
+
+class KernelDied(Exception):
+    """The kernel process went away."""
+
+
+@dataclass
+class Outcome:
+    """How an execution ended, as seen on the kernel protocol."""
+
+    status: str  # "ok" | "error" | "timeout" | "dead"
+    execution_count: int | None = None
+    #: The kernel did not stop within the grace period after a timeout's interrupt.
+    unresponsive: bool = False
+
+
+class KernelConnection:
+    """A server-side client of one kernel: start, execute with a deadline, interrupt, restart.
+
+    The kernel is owned by jupyter_server's kernel manager, so it shows in ``/api/kernels`` and
+    JupyterLab can connect to it too. Its automatic restarter is switched off: the session
+    notices deaths itself and restarts the kernel, which keeps two restarts from racing.
+    """
+
+    def __init__(self, kernel_manager: Any, kernel_id: str, log: logging.Logger) -> None:
+        """Talk to the kernel ``kernel_id`` of ``kernel_manager`` (a MappingKernelManager)."""
+        self.kernel_manager = kernel_manager
+        self.kernel_id = kernel_id
+        self.log = log
+        self._client: Any = None
+
+    @classmethod
+    async def start(
+        cls,
+        kernel_manager: Any,
+        kernel_name: str,
+        log: logging.Logger,
+        *,
+        timeout: float = 60,
+        **kwargs: Any,
+    ) -> KernelConnection:
+        """Start a new kernel (``kwargs`` go to ``start_kernel``) and connect to it."""
+        kernel_id = await ensure_async(
+            kernel_manager.start_kernel(kernel_name=kernel_name, **kwargs)
+        )
+        connection = cls(kernel_manager, kernel_id, log)
+        try:
+            await connection.connect(timeout)
+        except BaseException:
+            connection.close()
+            await connection.shutdown_kernel()
+            raise
+        return connection
+
+    @property
+    def _kernel(self) -> Any:
+        return self.kernel_manager.get_kernel(self.kernel_id)
+
+    async def connect(self, timeout: float = 60) -> None:
+        """Open channels and wait until the kernel answers on shell and IOPub."""
+        self.close()
+        kernel = self._kernel
+        kernel.autorestart = False
+        kernel.stop_restarter()
+        client = kernel.client()
+        client.allow_stdin = False
+        client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
+        self._client = client
+        await self._wait_for_iopub(timeout)
+
+    async def _wait_for_iopub(self, timeout: float) -> None:
+        """Send kernel_info until its status arrives on IOPub, so no early output is missed.
+
+        IOPub is a PUB/SUB socket: messages published before our subscription reached the
+        kernel are lost, and only a message we see proves that the subscription is in place.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        attempt_timeout = 0.25
+        while loop.time() < deadline:
+            msg_id = self._client.kernel_info()
+            attempt_end = loop.time() + attempt_timeout
+            while (remaining := attempt_end - loop.time()) > 0:
+                try:
+                    msg = await self._client.get_iopub_msg(timeout=remaining)
+                except Empty:
+                    break
+                if msg["parent_header"].get("msg_id") == msg_id:
+                    await self._drain_shell(msg_id)
+                    return
+            if not await self.is_alive():
+                raise KernelDied(f"Kernel {self.kernel_id} died while starting")
+            attempt_timeout = min(attempt_timeout * 2, 2.0)
+        raise TimeoutError(f"Kernel {self.kernel_id} did not answer within {timeout} s")
+
+    async def _drain_shell(self, msg_id: str, timeout: float = 5) -> dict[str, Any] | None:
+        """Read shell replies until the one for ``msg_id``; older ones are dropped."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                reply = await self._client.get_shell_msg(timeout=remaining)
+            except Empty:
+                return None
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return dict(reply["content"])
+        return None
+
+    async def execute(
+        self,
+        code: str,
+        capture: OutputCapture,
+        timeout: float,
+        *,
+        interrupt_grace: float = 3.0,
+        silent: bool = False,
+    ) -> Outcome:
+        """Run ``code``, feeding IOPub output to ``capture``, for at most ``timeout`` seconds.
+
+        When the deadline passes the kernel is interrupted; its output up to then is kept
+        and the call ends once the kernel is idle again, or after ``interrupt_grace``
+        seconds with ``unresponsive`` set if the interrupt did not take.
+        """
+        loop = asyncio.get_running_loop()
+        msg_id = self._client.execute(
+            code, silent=silent, store_history=not silent, allow_stdin=False, stop_on_error=True
+        )
+        deadline = loop.time() + timeout
+        timed_out = False
+        execution_count: int | None = None
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                if timed_out:
+                    return Outcome("timeout", unresponsive=True)
+                timed_out = True
+                await self.interrupt()
+                deadline = loop.time() + interrupt_grace
+                continue
+            try:
+                msg = await self._client.get_iopub_msg(timeout=min(remaining, LIVENESS_INTERVAL))
+            except Empty:
+                if not await self.is_alive():
+                    return Outcome("dead")
+                continue
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            msg_type = msg["header"]["msg_type"]
+            content = msg["content"]
+            if msg_type == "status" and content.get("execution_state") == "idle":
+                break
+            if msg_type == "execute_input":
+                execution_count = content.get("execution_count")
+            capture.handle(msg_type, content)
+        reply = await self._drain_shell(msg_id) or {}
+        execution_count = reply.get("execution_count", execution_count)
+        for payload in reply.get("payload", []):
+            # The pager (``obj?``, ``%pinfo``) answers in the reply, not on IOPub.
+            if payload.get("source") == "page":
+                capture.add_data("display", payload.get("data", {}))
+        if timed_out:
+            return Outcome("timeout", execution_count)
+        failed = capture.error is not None or reply.get("status", "ok") != "ok"
+        return Outcome("error" if failed else "ok", execution_count)
+
+    async def interrupt(self) -> None:
+        """Interrupt the kernel (SIGINT, or an interrupt request for message-mode kernels)."""
+        await ensure_async(self.kernel_manager.interrupt_kernel(self.kernel_id))
+
+    async def is_alive(self) -> bool:
+        """Whether the kernel process is still running."""
+        if self.kernel_id not in self.kernel_manager:
+            return False
+        return bool(await ensure_async(self._kernel.is_alive()))
+
+    async def restart(self, timeout: float = 60) -> None:
+        """Restart the kernel (a fresh process, same id) and reconnect."""
+        self.close()
+        await ensure_async(self.kernel_manager.restart_kernel(self.kernel_id, now=True))
+        await self.connect(timeout)
+
+    def close(self) -> None:
+        """Close our channels; the kernel keeps running."""
+        if self._client is not None:
+            self._client.stop_channels()
+            self._client = None
+
+    async def shutdown_kernel(self) -> None:
+        """Shut the kernel down; our channels stay open until :meth:`close`."""
+        if self.kernel_id in self.kernel_manager:
+            await ensure_async(self.kernel_manager.shutdown_kernel(self.kernel_id, now=True))

@@ -1,0 +1,272 @@
+"""The agent-session manager: owns every session, its kernel and its files."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.kernelspec import NoSuchKernel
+from jupyter_core.utils import ensure_async
+from jupyter_server.utils import url_path_join
+from tornado import web
+from traitlets import Float, Integer, Unicode
+from traitlets.config import LoggingConfigurable
+
+import kernel_helper
+
+from .kernel import KernelConnection, KernelDied
+from .session import AgentSession, SessionClosedError
+from .store import OutputStore, StoredFile
+
+#: Session names become folder names, so they are kept to a safe, portable alphabet.
+SESSION_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class AgentSessionManager(LoggingConfigurable):
+    """Creates, finds, runs and deletes agent sessions; every knob of their behaviour is here."""
+
+    default_timeout = Float(
+        60.0,
+        config=True,
+        help="Seconds an execute call may run when the request names no timeout. When it "
+        "passes, the kernel is interrupted and the call returns what was printed so far.",
+    )
+
+    max_timeout = Float(
+        86_400.0,
+        config=True,
+        help="The largest timeout, in seconds, that a request may ask for.",
+    )
+
+    interrupt_grace = Float(
+        3.0,
+        config=True,
+        help="Seconds a timed-out call waits for the interrupted kernel to stop. A kernel "
+        "still busy after that is restarted (its state is lost) so the next call can run.",
+    )
+
+    max_output_chars = Integer(
+        100_000,
+        config=True,
+        help="Characters of text an execution result keeps in 'output'. Beyond it the head and "
+        "the tail are kept, the cut is marked, and the whole text is saved as a file. "
+        "0 means no limit.",
+    )
+
+    sessions_dir = Unicode(
+        "agent-sessions",
+        config=True,
+        help="Folder holding each session's working folder (<sessions_dir>/<session name>). "
+        "A relative path is taken from the server's root_dir.",
+    )
+
+    output_store_dir = Unicode(
+        "",
+        config=True,
+        help="Folder for the files sessions capture (images, HTML, full texts of cut output), "
+        "one private subfolder per session, removed with it. Empty: a temporary folder made "
+        "at start and removed at shutdown.",
+    )
+
+    kernel_start_timeout = Float(
+        60.0,
+        config=True,
+        help="Seconds to wait for a new kernel to answer before giving up.",
+    )
+
+    def __init__(
+        self,
+        *,
+        kernel_manager: Any,
+        kernel_spec_manager: Any,
+        root_dir: str,
+        base_url: str = "/",
+        **kwargs: Any,
+    ) -> None:
+        """Manage sessions on the kernels of ``kernel_manager`` (a MappingKernelManager)."""
+        super().__init__(**kwargs)
+        self.kernel_manager = kernel_manager
+        self.kernel_spec_manager = kernel_spec_manager
+        self.root_dir = Path(root_dir).expanduser()
+        self.base_url = base_url
+        self._sessions: dict[str, AgentSession] = {}
+        # Names are reserved while their session starts, so two creations cannot share one.
+        self._reserved_names: set[str] = set()
+        self._store_root: Path | None = None
+        self._owns_store_root = False
+
+    # -- lookups -------------------------------------------------------------------------
+
+    def _check_session(self, session_id: str) -> AgentSession:
+        """The session with this id, or a 404."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise web.HTTPError(404, f"Agent session not found: {session_id}")
+        return session
+
+    def list_sessions(self) -> list[dict[str, Any]]:
+        """Models of all live sessions, oldest first."""
+        return [session.model() for session in self._sessions.values()]
+
+    def get_session(self, session_id: str) -> dict[str, Any]:
+        """The model of one session."""
+        return self._check_session(session_id).model()
+
+    def get_file(self, session_id: str, file_id: str) -> StoredFile:
+        """A file the session captured, or a 404."""
+        stored = self._check_session(session_id).store.get(file_id)
+        if stored is None or not stored.path.is_file():
+            raise web.HTTPError(404, f"File not found in agent session {session_id}: {file_id}")
+        return stored
+
+    @property
+    def working_root(self) -> Path:
+        """The folder that holds every session's working folder."""
+        return self.root_dir / Path(self.sessions_dir).expanduser()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def create_session(
+        self, kernel_name: str | None = None, name: str | None = None
+    ) -> dict[str, Any]:
+        """Start a session with a kernel of its own and return its model."""
+        session_id = str(uuid.uuid4())
+        name = name if name is not None else f"session-{session_id[:8]}"
+        self._check_name(name)
+        kernel_name = kernel_name or self.kernel_manager.default_kernel_name
+        language = await self._kernel_language(kernel_name)
+        working_dir = self.working_root / name
+        self._reserved_names.add(name)
+        try:
+            working_dir.mkdir(parents=True, exist_ok=True)
+            connection = await self._start_kernel(kernel_name, working_dir)
+            session = AgentSession(
+                session_id=session_id,
+                name=name,
+                kernel_name=kernel_name,
+                connection=connection,
+                store=self._new_store(session_id),
+                working_dir=working_dir,
+                prepare_code=(
+                    kernel_helper.setup_code(str(working_dir)) if language == "python" else None
+                ),
+                interrupt_grace=self.interrupt_grace,
+                log=self.log,
+            )
+            try:
+                await session.prepare()
+            except BaseException:
+                await session.close()
+                raise
+            self._sessions[session_id] = session
+        finally:
+            self._reserved_names.discard(name)
+        self.log.info(
+            "Agent session %s (%s) started on kernel %s", name, session_id, session.kernel_id
+        )
+        return session.model()
+
+    async def delete_session(self, session_id: str) -> None:
+        """Shut the session's kernel down and forget it; its working folder stays."""
+        session = self._check_session(session_id)
+        del self._sessions[session_id]
+        await session.close()
+        self.log.info("Agent session %s (%s) deleted", session.name, session_id)
+
+    async def execute(
+        self, session_id: str, code: str, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Run code in a session and return the execution result model."""
+        session = self._check_session(session_id)
+        if timeout is None:
+            timeout = self.default_timeout
+        elif not (math.isfinite(timeout) and 0 < timeout <= self.max_timeout):
+            raise web.HTTPError(
+                400, f"timeout must be a number of seconds above 0 and at most {self.max_timeout:g}"
+            )
+        try:
+            return await session.execute(code, timeout, self.max_output_chars)
+        except SessionClosedError as e:
+            raise web.HTTPError(404, f"Agent session was deleted: {session_id}") from e
+
+    async def interrupt(self, session_id: str) -> None:
+        """Interrupt whatever the session's kernel is running."""
+        await self._check_session(session_id).interrupt()
+
+    async def restart(self, session_id: str) -> dict[str, Any]:
+        """Give the session a fresh kernel and return its model."""
+        session = self._check_session(session_id)
+        try:
+            await session.restart()
+        except SessionClosedError as e:
+            raise web.HTTPError(404, f"Agent session was deleted: {session_id}") from e
+        return session.model()
+
+    async def shutdown(self) -> None:
+        """Delete every session (the server is stopping)."""
+        sessions = list(self._sessions.values())
+        self._sessions.clear()
+        await asyncio.gather(*(session.close() for session in sessions), return_exceptions=True)
+        if self._owns_store_root and self._store_root is not None:
+            shutil.rmtree(self._store_root, ignore_errors=True)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _check_name(self, name: str) -> None:
+        if not SESSION_NAME_PATTERN.match(name):
+            raise web.HTTPError(
+                400,
+                f"Invalid session name {name!r}: use 1 to 64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit",
+            )
+        if name in self._reserved_names or any(s.name == name for s in self._sessions.values()):
+            raise web.HTTPError(409, f"An agent session named {name!r} already exists")
+
+    async def _kernel_language(self, kernel_name: str) -> str:
+        """The language of a kernel spec, or a 400 that lists the kernels there are."""
+        try:
+            spec = await ensure_async(self.kernel_spec_manager.get_kernel_spec(kernel_name))
+        except NoSuchKernel as e:
+            specs = await ensure_async(self.kernel_spec_manager.get_all_specs())
+            raise web.HTTPError(
+                400,
+                f"Unknown kernel_name {kernel_name!r}; available kernels: "
+                + ", ".join(sorted(specs)),
+            ) from e
+        return str(getattr(spec, "language", "")).lower()
+
+    async def _start_kernel(self, kernel_name: str, working_dir: Path) -> KernelConnection:
+        try:
+            return await KernelConnection.start(
+                self.kernel_manager,
+                kernel_name,
+                self.log,
+                timeout=self.kernel_start_timeout,
+                **self._kernel_path_kwargs(working_dir),
+            )
+        except (KernelDied, TimeoutError) as e:
+            raise web.HTTPError(500, f"The kernel {kernel_name!r} failed to start: {e}") from e
+
+    def _kernel_path_kwargs(self, working_dir: Path) -> dict[str, Any]:
+        """Start the kernel in its working folder when that lies under the server's root."""
+        try:
+            api_path = working_dir.resolve().relative_to(self.root_dir.resolve()).as_posix()
+        except ValueError:
+            return {}
+        return {"path": api_path}
+
+    def _new_store(self, session_id: str) -> OutputStore:
+        if self._store_root is None:
+            if self.output_store_dir:
+                self._store_root = Path(self.output_store_dir).expanduser()
+            else:
+                self._store_root = Path(tempfile.mkdtemp(prefix="jupyter-exec-outputs-"))
+                self._owns_store_root = True
+        url_prefix = url_path_join(self.base_url, "api/agent-sessions", session_id, "files") + "/"
+        return OutputStore(self._store_root / session_id, url_prefix)

@@ -1,0 +1,198 @@
+"""One agent session: a kernel of its own, a working folder, captured files, calls in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .capture import OutputCapture
+from .kernel import KernelConnection, KernelDied, Outcome
+from .store import OutputStore
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(timezone.utc)
+
+
+def isoformat(moment: datetime) -> str:
+    """ISO 8601 with a ``Z``, as jupyter_server writes its timestamps."""
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+class SessionClosedError(Exception):
+    """The session was deleted while a call waited for its turn."""
+
+
+class AgentSession:
+    """A kernel, its working folder and its captured files, used by one agent.
+
+    Calls run one at a time in arrival order (``asyncio.Lock`` wakes waiters first come,
+    first served); different sessions never wait for each other. When the kernel dies the
+    session starts a new one by itself, so the next call works.
+    """
+
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        name: str,
+        kernel_name: str,
+        connection: KernelConnection,
+        store: OutputStore,
+        working_dir: Path,
+        prepare_code: str | None,
+        interrupt_grace: float,
+        log: logging.Logger,
+    ) -> None:
+        """Wrap a started kernel ``connection``; call :meth:`prepare` before the first call."""
+        self.id = session_id
+        self.name = name
+        self.kernel_name = kernel_name
+        self.connection = connection
+        self.store = store
+        self.working_dir = working_dir
+        self.prepare_code = prepare_code
+        self.interrupt_grace = interrupt_grace
+        self.log = log
+        self.created = self.last_activity = utcnow()
+        self.execution_count = 0
+        self.status = "starting"
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    @property
+    def kernel_id(self) -> str:
+        """The id of the session's kernel in the server's kernel manager."""
+        return self.connection.kernel_id
+
+    def model(self) -> dict[str, Any]:
+        """The JSON model of the session, as the API returns it."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "kernel_id": self.kernel_id,
+            "kernel_name": self.kernel_name,
+            "status": self.status,
+            "created": isoformat(self.created),
+            "last_activity": isoformat(self.last_activity),
+            "execution_count": self.execution_count,
+        }
+
+    async def prepare(self) -> None:
+        """Load the in-kernel helper (working folder, inline images, no ``input()``)."""
+        if self.prepare_code is not None:
+            capture = OutputCapture(self.store, max_chars=10_000)
+            outcome = await self.connection.execute(
+                self.prepare_code, capture, timeout=60, silent=True
+            )
+            if outcome.status != "ok":
+                self.log.warning(
+                    "Agent session %s: the kernel helper failed to load: %s",
+                    self.id,
+                    capture.result(outcome.status, None)["output"],
+                )
+        self.status = "idle"
+
+    async def execute(self, code: str, timeout: float, max_chars: int) -> dict[str, Any]:
+        """Run ``code`` after the calls before it; return the execution result model."""
+        async with self._lock:
+            if self._closed:
+                raise SessionClosedError(self.id)
+            self.status = "busy"
+            self.last_activity = utcnow()
+            capture = OutputCapture(self.store, max_chars)
+            try:
+                outcome = await self._execute(code, timeout, capture)
+            finally:
+                self.last_activity = utcnow()
+                if self.status == "busy":
+                    self.status = "idle"
+            if outcome.execution_count is not None:
+                self.execution_count = outcome.execution_count
+            return capture.result(outcome.status, outcome.execution_count)
+
+    async def _execute(self, code: str, timeout: float, capture: OutputCapture) -> Outcome:
+        if not await self.connection.is_alive():
+            await self._recover()
+            capture.add_note(
+                "The kernel had died since the last call: a new kernel was started and the "
+                "session's earlier state (variables, imports) is lost."
+            )
+        outcome = await self.connection.execute(
+            code, capture, timeout, interrupt_grace=self.interrupt_grace
+        )
+        if outcome.status == "timeout":
+            message = (
+                f"Execution exceeded the timeout of {timeout:g} s and the kernel was interrupted."
+            )
+            if outcome.unresponsive:
+                message += (
+                    f" It did not stop within {self.interrupt_grace:g} s, so it was restarted:"
+                    " the session's earlier state is lost."
+                )
+                await self._recover()
+            else:
+                message += " Variables set before the interrupt are kept."
+            capture.add_note(message)
+            capture.error = {
+                "ename": "TimeoutError",
+                "evalue": message,
+                "traceback": capture.error["traceback"] if capture.error else [],
+            }
+        elif outcome.status == "dead":
+            if self._closed:
+                message = "The session was deleted while this call ran."
+            else:
+                message = (
+                    "The kernel died while running this code (it crashed, exited or was "
+                    "killed): the session's state (variables, imports) was lost. A new kernel "
+                    "has been started for the next call."
+                )
+            capture.add_note(message)
+            capture.error = {"ename": "KernelDied", "evalue": message, "traceback": []}
+            if not self._closed:
+                await self._recover()
+        return outcome
+
+    async def _recover(self) -> None:
+        """Start a fresh kernel in place of a dead or stuck one."""
+        self.status = "starting"
+        try:
+            await self.connection.restart()
+            self.execution_count = 0
+            await self.prepare()
+        except (KernelDied, TimeoutError, RuntimeError):
+            self.log.exception("Agent session %s: the kernel could not be restarted", self.id)
+            self.status = "dead"
+
+    async def interrupt(self) -> None:
+        """Interrupt the running call, if any; it returns with a KeyboardInterrupt error."""
+        await self.connection.interrupt()
+
+    async def restart(self) -> None:
+        """Replace the kernel with a fresh one: every variable is gone.
+
+        A running call is interrupted first so that the restart does not wait for it.
+        """
+        if self._lock.locked():
+            await self.connection.interrupt()
+        async with self._lock:
+            if self._closed:
+                raise SessionClosedError(self.id)
+            await self._recover()
+            self.last_activity = utcnow()
+
+    async def close(self) -> None:
+        """Shut the kernel down and delete the captured files."""
+        self._closed = True
+        # Shut the kernel down before taking the lock: a running call then ends at once
+        # (it sees the kernel gone) instead of running until its timeout.
+        await self.connection.shutdown_kernel()
+        async with self._lock:
+            self.connection.close()
+            self.store.remove_all()
+            self.status = "dead"

@@ -1,0 +1,277 @@
+"""In-kernel helper that makes an IPython kernel behave well for an LLM agent.
+
+The server runs the text returned by :func:`setup_code` (silently) in every agent
+session's kernel right after the kernel starts. That text calls :func:`setup`,
+which, inside the running kernel:
+
+* changes to the session's working directory;
+* selects matplotlib's inline PNG backend and makes every figure come out exactly
+  once (figures are closed once they have been shown);
+* shows PIL images as a single ``image/png`` (no extra ``image/jpeg`` copy);
+* makes ``input()`` and ``getpass.getpass()`` fail at once instead of waiting
+  for a human who will never type;
+* turns off pip's progress bars and colours, for ``%pip`` and ``!pip`` alike.
+
+This file must stay self-contained: the server may send its source to a kernel
+whose Python does not have this package installed, where it is run through
+``exec()``. So it imports only the standard library at module level, imports
+IPython lazily, and never imports matplotlib or PIL itself.
+"""
+
+from __future__ import annotations
+
+import builtins
+import getpass
+import importlib.util
+import io
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "setup", "setup_code"]
+
+_INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+# Set on our display-formatter wrapper so a second setup() (possibly from another
+# copy of this module) recognises it and does not wrap it again.
+_WRAPPED_MARKER = "_kernel_helper_closes_figures"
+
+_STDIN_MESSAGE = (
+    "{what} is not available: this code runs in an agent session where nobody can "
+    "type. Put the value in the code instead."
+)
+
+# Run by the kernel. Everything lives inside a dunder-named function that is
+# deleted afterwards, so the user's namespace gains no names.
+_SETUP_TEMPLATE = """\
+def __kernel_helper_setup(source, version, working_dir):
+    import sys
+    import types
+
+    try:
+        import kernel_helper as helper
+    except Exception:  # not installed here (or broken): use the embedded copy
+        helper = None
+    if getattr(helper, "__version__", None) != version:
+        helper = types.ModuleType("kernel_helper")
+        helper.__dict__["_EMBEDDED_SOURCE"] = source
+        exec(compile(source, "<kernel_helper>", "exec"), helper.__dict__)
+        sys.modules["kernel_helper"] = helper
+    helper.setup(working_dir=working_dir)
+
+
+try:
+    __kernel_helper_setup({source!r}, {version!r}, {working_dir!r})
+finally:
+    del __kernel_helper_setup
+"""
+
+
+def setup(working_dir: str | None = None) -> None:
+    """Prepare the running kernel for an agent session.
+
+    Safe to call more than once: nothing is wrapped twice. Without a running
+    IPython shell only the process-wide parts are done (working directory,
+    environment variables).
+
+    Args:
+        working_dir: Directory to change into; created if it does not exist.
+    """
+    if working_dir is not None:
+        os.makedirs(working_dir, exist_ok=True)
+        os.chdir(working_dir)
+    _quiet_pip()
+
+    shell = _get_shell()
+    _select_inline_backend(shell)
+    if shell is None:
+        return
+    _close_figures_once_shown(shell)
+    _show_pil_images_as_png(shell)
+    _disable_stdin(shell)
+
+
+def setup_code(working_dir: str | None = None) -> str:
+    """Return Python source that sets up a kernel when executed in it.
+
+    The source uses an installed ``kernel_helper`` of the same version if the
+    kernel can import one; otherwise it builds the module from a copy of this
+    file embedded in the source, so the kernel's Python needs nothing installed.
+    It leaves no names in the user's namespace. Execute it with ``silent=True``.
+
+    Args:
+        working_dir: Passed on to :func:`setup` in the kernel.
+    """
+    return _SETUP_TEMPLATE.format(
+        source=_own_source(), version=__version__, working_dir=working_dir
+    )
+
+
+def _own_source() -> str:
+    """Return the source text of this module, also when it was built by exec()."""
+    embedded = globals().get("_EMBEDDED_SOURCE")
+    if isinstance(embedded, str):
+        return embedded
+    return Path(__file__).read_text(encoding="utf-8")
+
+
+def _get_shell() -> Any:
+    """Return the running IPython shell, or None outside IPython."""
+    try:
+        from IPython import get_ipython  # noqa: PLC0415 - IPython is slow to import
+    except ImportError:
+        return None
+    return get_ipython()
+
+
+def _quiet_pip() -> None:
+    """Keep pip's progress bars, colours and upgrade nags out of the output.
+
+    Environment variables reach ``%pip`` and ``!pip`` subprocesses alike.
+    """
+    os.environ["PIP_PROGRESS_BAR"] = "off"
+    os.environ["PIP_NO_COLOR"] = "1"
+    os.environ["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+
+
+# --- matplotlib -------------------------------------------------------------
+
+
+def _select_inline_backend(shell: Any) -> None:
+    """Make matplotlib draw figures as inline PNG images.
+
+    Importing matplotlib is slow, so normally only ``MPLBACKEND`` is set and
+    matplotlib picks it up when the user imports it. If the user's code has
+    already imported matplotlib, the running backend is switched too.
+    """
+    if importlib.util.find_spec("matplotlib_inline") is None:
+        return
+    os.environ["MPLBACKEND"] = _INLINE_BACKEND
+    if shell is not None and "matplotlib" in sys.modules and not _inline_backend_active():
+        # Same as `%matplotlib inline`, without the magic's printed output.
+        shell.enable_matplotlib("inline")
+
+
+def _inline_backend_active() -> bool:
+    """Tell whether an already imported matplotlib uses the inline backend."""
+    matplotlib = sys.modules.get("matplotlib")
+    if matplotlib is None:
+        return False
+    backend = str(matplotlib.get_backend())
+    return backend == "inline" or backend.endswith("matplotlib_inline.backend_inline")
+
+
+def _close_figures_once_shown(shell: Any) -> None:
+    """Close every matplotlib figure as soon as it has been formatted for display.
+
+    Without this a figure that is the cell's last expression (``fig`` or
+    ``plt.gcf()``), or that was passed to ``display()``, comes out twice: once
+    from the display hook or ``display()``, and again from matplotlib_inline's
+    ``flush_figures`` post-execute hook, which shows every figure still open.
+    Closing the figure once it is formatted leaves ``flush_figures`` nothing to
+    repeat. A closed figure can still be displayed again explicitly.
+    """
+    formatter = shell.display_formatter
+    if getattr(formatter.format, _WRAPPED_MARKER, False):
+        return
+    original = formatter.format
+
+    def format_and_close(obj: Any, include: Any = None, exclude: Any = None) -> Any:
+        try:
+            return original(obj, include=include, exclude=exclude)
+        finally:
+            _close_if_inline_figure(obj)
+
+    format_and_close.__doc__ = original.__doc__
+    setattr(format_and_close, _WRAPPED_MARKER, True)
+    # An instance attribute: IPython's display hook and display() look up
+    # `shell.display_formatter.format` on every call.
+    formatter.format = format_and_close
+
+
+def _close_if_inline_figure(obj: Any) -> None:
+    """Close ``obj`` if it is a pyplot figure drawn by the inline backend."""
+    figure_module = sys.modules.get("matplotlib.figure")
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if figure_module is None or pyplot is None:
+        return  # matplotlib not in use, so obj cannot be a pyplot figure
+    # Interactive backends (e.g. ipympl widgets) need their figures kept open.
+    if isinstance(obj, figure_module.Figure) and _inline_backend_active():
+        pyplot.close(obj)
+
+
+# --- PIL ----------------------------------------------------------------------
+
+
+def _show_pil_images_as_png(shell: Any) -> None:
+    """Display PIL images as one lossless ``image/png`` and no ``image/jpeg``.
+
+    Pillow offers both ``_repr_png_`` and ``_repr_jpeg_``, so by default every
+    image is sent twice. Registering by name keeps PIL from being imported here.
+    """
+    formatters = shell.display_formatter.formatters
+    if "image/png" in formatters:
+        formatters["image/png"].for_type_by_name("PIL.Image", "Image", _pil_image_to_png)
+    if "image/jpeg" in formatters:
+        formatters["image/jpeg"].for_type_by_name("PIL.Image", "Image", _no_output)
+
+
+def _pil_image_to_png(image: Any) -> bytes:
+    """Encode a PIL image as PNG bytes, converting modes PNG cannot store."""
+    buffer = io.BytesIO()
+    try:
+        image.save(buffer, format="PNG")
+    except (OSError, ValueError, KeyError):  # e.g. CMYK or float images
+        buffer = io.BytesIO()
+        image.convert("RGBA").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _no_output(obj: Any) -> None:
+    """Formatter that produces nothing, so the MIME type is left out."""
+
+
+# --- stdin ----------------------------------------------------------------------
+
+
+def _disable_stdin(shell: Any) -> None:
+    """Make ``input()`` and ``getpass.getpass()`` raise at once.
+
+    ipykernel re-assigns ``builtins.input = kernel.raw_input`` and
+    ``getpass.getpass = kernel.getpass`` before each execution and afterwards
+    restores the values it saved in ``kernel._sys_raw_input`` and
+    ``kernel._save_getpass``. Patching all of them keeps our versions in place
+    during cells and between them (e.g. for background threads); the builtin
+    ``input()`` would otherwise block on the kernel's stdin pipe for ever.
+    """
+    builtins.input = _no_input
+    getpass.getpass = _no_getpass
+    kernel = getattr(shell, "kernel", None)
+    if kernel is None:
+        return
+    kernel.raw_input = _no_input
+    kernel.getpass = _no_getpass
+    if hasattr(kernel, "_sys_raw_input"):
+        kernel._sys_raw_input = _no_input
+    if hasattr(kernel, "_save_getpass"):
+        kernel._save_getpass = _no_getpass
+
+
+def _no_input(prompt: object = "") -> NoReturn:
+    """Stand-in for ``input()`` that fails at once."""
+    raise _stdin_error("input()")
+
+
+def _no_getpass(prompt: str = "Password: ", *args: Any, **kwargs: Any) -> NoReturn:
+    """Stand-in for ``getpass.getpass()`` that fails at once."""
+    raise _stdin_error("getpass.getpass()")
+
+
+def _stdin_error(what: str) -> Exception:
+    """Build the error raised when code asks for keyboard input."""
+    from IPython.core.error import StdinNotImplementedError  # noqa: PLC0415 - see _get_shell
+
+    return StdinNotImplementedError(_STDIN_MESSAGE.format(what=what))

@@ -1,0 +1,102 @@
+"""Fixtures: a real jupyter_server with the extension, under a non-root base_url."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from tornado.httpclient import HTTPClientError, HTTPResponse
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+#: A short default keeps a test whose code hangs from waiting for the 60 s production default.
+TEST_DEFAULT_TIMEOUT = 20
+
+
+@pytest.fixture
+def jp_base_url() -> str:
+    """Serve under a prefix, so that a hard-coded ``/api/...`` shows up at once."""
+    return "/prefix/jupyter/"
+
+
+@pytest.fixture
+def agent_config() -> dict[str, Any]:
+    """Overrides of AgentSessionManager's config for one test."""
+    return {}
+
+
+@pytest.fixture
+def jp_server_config(agent_config: dict[str, Any]) -> dict[str, Any]:
+    """Enable the extension the way the installed jupyter-config file does."""
+    return {
+        "ServerApp": {"jpserver_extensions": {"jupyter_exec_ext": True}},
+        "AgentSessionManager": {"default_timeout": TEST_DEFAULT_TIMEOUT, **agent_config},
+    }
+
+
+@dataclass
+class Reply:
+    """A response: status, headers and the decoded JSON body (None when empty)."""
+
+    status: int
+    headers: Any
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        """The body as JSON."""
+        return json.loads(self.body) if self.body else None
+
+
+class Api:
+    """Calls to the agent-session API through pytest-jupyter's ``jp_fetch``."""
+
+    def __init__(self, fetch: Callable[..., Any]) -> None:
+        self._fetch = fetch
+
+    async def request(
+        self, method: str, *parts: str, body: Any = None, raw_body: str | None = None, **kwargs: Any
+    ) -> Reply:
+        """Send a request; 4xx and 5xx come back as replies, not exceptions."""
+        if raw_body is None and body is not None:
+            raw_body = json.dumps(body)
+        if raw_body is None and method == "POST":
+            raw_body = ""
+        try:
+            response: HTTPResponse = await self._fetch(
+                "api", "agent-sessions", *parts, method=method, body=raw_body,
+                allow_nonstandard_methods=True, request_timeout=120, **kwargs
+            )
+        except HTTPClientError as e:
+            assert e.response is not None, e
+            response = e.response
+        return Reply(response.code, response.headers, response.body or b"")
+
+    async def create(self, **fields: Any) -> dict[str, Any]:
+        """Create a session and return its model."""
+        reply = await self.request("POST", body=fields)
+        assert reply.status == 201, reply.body
+        model: dict[str, Any] = reply.json
+        return model
+
+    async def execute(self, session_id: str, code: str, **fields: Any) -> dict[str, Any]:
+        """Run code and return the execution result."""
+        reply = await self.request("POST", session_id, "execute", body={"code": code, **fields})
+        assert reply.status == 200, reply.body
+        result: dict[str, Any] = reply.json
+        return result
+
+
+@pytest.fixture
+def api(jp_fetch: Callable[..., Any]) -> Api:
+    """The agent-session API of a real server with the extension enabled."""
+    return Api(jp_fetch)
+
+
+@pytest.fixture
+def manager(jp_serverapp: Any) -> Any:
+    """The extension's AgentSessionManager inside the test server."""
+    return jp_serverapp.web_app.settings["agent_session_manager"]
