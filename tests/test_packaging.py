@@ -1,0 +1,150 @@
+"""Install-level checks: auto-enable on install, the spec, configuration, a real `jupyter server`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openapi_spec_validator import validate
+
+from jupyter_exec_ext.handlers import default_handlers
+from jupyter_exec_ext.manager import AgentSessionManager
+from jupyter_exec_ext.spec import load_spec
+
+
+def test_extension_is_enabled_and_ok_after_install() -> None:
+    listing = subprocess.run(
+        [sys.executable, "-m", "jupyter", "server", "extension", "list"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    text = re.sub(r"\x1b\[[0-9;]*m", "", listing.stdout + listing.stderr)
+    assert re.search(r"jupyter_exec_ext enabled", text), text
+    assert re.search(r"jupyter_exec_ext \S+ OK", text), text
+
+
+def test_spec_is_valid_openapi() -> None:
+    validate(load_spec())
+
+
+def test_spec_and_routes_are_in_step() -> None:
+    spec_paths = set(load_spec()["paths"])
+    route_paths = set()
+    for pattern, _handler in default_handlers:
+        path = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", pattern).removesuffix("/?")
+        route_paths.add(path)
+    assert route_paths == spec_paths
+
+
+def test_spec_documents_every_handler_method() -> None:
+    spec = load_spec()["paths"]
+    for pattern, handler in default_handlers:
+        path = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", pattern).removesuffix("/?")
+        implemented = {
+            method
+            for method in ("get", "post", "put", "patch", "delete")
+            if method in vars(handler)
+        }
+        documented = {method for method in spec[path] if method != "parameters"}
+        assert implemented == documented, path
+
+
+def test_every_setting_is_documented() -> None:
+    traits = AgentSessionManager.class_traits(config=True)
+    assert traits
+    for name, trait in traits.items():
+        assert trait.help and trait.help.endswith("."), name
+
+
+@pytest.fixture
+def jp_argv() -> list[str]:
+    """Settings given on the command line, as a user would."""
+    return ["--AgentSessionManager.max_output_chars=1234", "--AgentSessionManager.default_timeout=7"]
+
+
+def test_settings_come_from_the_command_line(manager: Any) -> None:
+    assert manager.max_output_chars == 1234
+    assert manager.default_timeout == 7
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _call(url: str, token: str, method: str = "GET", body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Authorization": f"token {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+@pytest.fixture
+def plain_jupyter_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """`jupyter server` as a user starts it: no flag names the extension."""
+    port, token = _free_port(), "ci-token"
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "jupyter", "server", "--no-browser", "--allow-root",
+            f"--port={port}", f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={tmp_path}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "JUPYTER_PLATFORM_DIRS": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                _call(f"{url}/api/status", token)
+                break
+            except OSError:
+                assert process.poll() is None, "jupyter server exited"
+                time.sleep(0.1)
+        yield url, token
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def test_plain_jupyter_server_serves_the_api(plain_jupyter_server: tuple[str, str]) -> None:
+    url, token = plain_jupyter_server
+    status, session = _call(f"{url}/api/agent-sessions", token, "POST", {})
+    assert status == 201, session
+    status, result = _call(
+        f"{url}/api/agent-sessions/{session['id']}/execute", token, "POST", {"code": "6 * 7"}
+    )
+    assert status == 200
+    assert result["output"] == "42\n"
+    status, _ = _call(f"{url}/api/agent-sessions", "wrong-token")
+    assert status == 403
+
+
+def test_every_setting_is_in_the_readme() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for name in AgentSessionManager.class_traits(config=True):
+        assert f"| `{name}` |" in readme, name
