@@ -33,6 +33,8 @@ class AgentSessionsApp(ExtensionApp):
             kernel_spec_manager=self.serverapp.kernel_spec_manager,
             root_dir=self.serverapp.root_dir,
             base_url=self.serverapp.base_url,
+            contents_manager=self.serverapp.contents_manager,
+            session_manager=self.serverapp.session_manager,
         )
         self.settings.update({"agent_session_manager": self.agent_session_manager})
 

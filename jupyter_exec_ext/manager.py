@@ -8,14 +8,14 @@ import re
 import shutil
 import tempfile
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from jupyter_client.kernelspec import NoSuchKernel
 from jupyter_core.utils import ensure_async
 from jupyter_server.utils import url_path_join
 from tornado import web
-from traitlets import Float, Integer, Unicode
+from traitlets import Bool, Float, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
 import kernel_helper
@@ -23,6 +23,7 @@ import kernel_helper
 from .kernel import KernelConnection, KernelDied
 from .session import AgentSession, SessionClosedError
 from .store import OutputStore, StoredFile
+from .transcript import Transcript
 
 #: Session names become folder names, so they are kept to a safe, portable alphabet.
 SESSION_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -74,6 +75,22 @@ class AgentSessionManager(LoggingConfigurable):
         "at start and removed at shutdown.",
     )
 
+    transcripts = Bool(
+        True,
+        config=True,
+        help="Write a transcript notebook for every session (one code cell per call) beside its "
+        "working folder's files, and register the session with the server's session manager so "
+        "JupyterLab lists it and can open it on the live kernel. Needs sessions_dir under the "
+        "server's root_dir.",
+    )
+
+    transcript_name = Unicode(
+        "transcript.ipynb",
+        config=True,
+        help="File name of a session's transcript in its working folder. When a file of that "
+        "name is already there (from an earlier session of the same name), a number is added.",
+    )
+
     kernel_start_timeout = Float(
         60.0,
         config=True,
@@ -87,12 +104,22 @@ class AgentSessionManager(LoggingConfigurable):
         kernel_spec_manager: Any,
         root_dir: str,
         base_url: str = "/",
+        contents_manager: Any = None,
+        session_manager: Any = None,
         **kwargs: Any,
     ) -> None:
-        """Manage sessions on the kernels of ``kernel_manager`` (a MappingKernelManager)."""
+        """Manage sessions on the kernels of ``kernel_manager`` (a MappingKernelManager).
+
+        Without a ``contents_manager`` and ``session_manager`` (Kernel Gateway has neither)
+        sessions have no transcript.
+        """
         super().__init__(**kwargs)
         self.kernel_manager = kernel_manager
         self.kernel_spec_manager = kernel_spec_manager
+        self.contents_manager = contents_manager
+        self.session_manager = session_manager
+        # Agent session id -> the id of its row in the server's session manager.
+        self._server_sessions: dict[str, str] = {}
         self.root_dir = Path(root_dir).expanduser()
         self.base_url = base_url
         self._sessions: dict[str, AgentSession] = {}
@@ -140,18 +167,20 @@ class AgentSessionManager(LoggingConfigurable):
         name = name if name is not None else f"session-{session_id[:8]}"
         self._check_name(name)
         kernel_name = kernel_name or self.kernel_manager.default_kernel_name
-        language = await self._kernel_language(kernel_name)
+        spec = await self._kernel_spec(kernel_name)
+        language = str(getattr(spec, "language", "")).lower()
         working_dir = self.working_root / name
         self._reserved_names.add(name)
         try:
             working_dir.mkdir(parents=True, exist_ok=True)
             connection = await self._start_kernel(kernel_name, working_dir)
+            store = self._new_store(session_id)
             session = AgentSession(
                 session_id=session_id,
                 name=name,
                 kernel_name=kernel_name,
                 connection=connection,
-                store=self._new_store(session_id),
+                store=store,
                 working_dir=working_dir,
                 prepare_code=(
                     kernel_helper.setup_code(str(working_dir)) if language == "python" else None
@@ -161,6 +190,9 @@ class AgentSessionManager(LoggingConfigurable):
             )
             try:
                 await session.prepare()
+                session.transcript = await self._start_transcript(
+                    session, working_dir, kernel_name, spec, store
+                )
             except BaseException:
                 await session.close()
                 raise
@@ -177,6 +209,7 @@ class AgentSessionManager(LoggingConfigurable):
         session = self._check_session(session_id)
         del self._sessions[session_id]
         await session.close()
+        await self._unregister(session_id)
         self.log.info("Agent session %s (%s) deleted", session.name, session_id)
 
     async def execute(
@@ -213,6 +246,9 @@ class AgentSessionManager(LoggingConfigurable):
         sessions = list(self._sessions.values())
         self._sessions.clear()
         await asyncio.gather(*(session.close() for session in sessions), return_exceptions=True)
+        await asyncio.gather(
+            *(self._unregister(session.id) for session in sessions), return_exceptions=True
+        )
         if self._owns_store_root and self._store_root is not None:
             shutil.rmtree(self._store_root, ignore_errors=True)
 
@@ -228,10 +264,10 @@ class AgentSessionManager(LoggingConfigurable):
         if name in self._reserved_names or any(s.name == name for s in self._sessions.values()):
             raise web.HTTPError(409, f"An agent session named {name!r} already exists")
 
-    async def _kernel_language(self, kernel_name: str) -> str:
-        """The language of a kernel spec, or a 400 that lists the kernels there are."""
+    async def _kernel_spec(self, kernel_name: str) -> Any:
+        """The kernel spec of that name, or a 400 that lists the kernels there are."""
         try:
-            spec = await ensure_async(self.kernel_spec_manager.get_kernel_spec(kernel_name))
+            return await ensure_async(self.kernel_spec_manager.get_kernel_spec(kernel_name))
         except NoSuchKernel as e:
             specs = await ensure_async(self.kernel_spec_manager.get_all_specs())
             raise web.HTTPError(
@@ -239,7 +275,6 @@ class AgentSessionManager(LoggingConfigurable):
                 f"Unknown kernel_name {kernel_name!r}; available kernels: "
                 + ", ".join(sorted(specs)),
             ) from e
-        return str(getattr(spec, "language", "")).lower()
 
     async def _start_kernel(self, kernel_name: str, working_dir: Path) -> KernelConnection:
         try:
@@ -255,11 +290,72 @@ class AgentSessionManager(LoggingConfigurable):
 
     def _kernel_path_kwargs(self, working_dir: Path) -> dict[str, Any]:
         """Start the kernel in its working folder when that lies under the server's root."""
+        api_path = self._api_path(working_dir)
+        return {} if api_path is None else {"path": api_path}
+
+    def _api_path(self, path: Path) -> str | None:
+        """The contents API path of a folder, or None when it is outside the server's root."""
         try:
-            api_path = working_dir.resolve().relative_to(self.root_dir.resolve()).as_posix()
+            return path.resolve().relative_to(self.root_dir.resolve()).as_posix()
         except ValueError:
-            return {}
-        return {"path": api_path}
+            return None
+
+    async def _start_transcript(
+        self,
+        session: AgentSession,
+        working_dir: Path,
+        kernel_name: str,
+        spec: Any,
+        store: OutputStore,
+    ) -> Transcript | None:
+        """Create the session's transcript and register it with the server's session manager."""
+        if not self.transcripts or self.contents_manager is None or self.session_manager is None:
+            return None
+        folder = self._api_path(working_dir)
+        if folder is None:
+            self.log.warning(
+                "No transcript for agent session %s: %s is outside the server's root_dir",
+                session.name,
+                working_dir,
+            )
+            return None
+        path = await self._unused_path(folder, self.transcript_name)
+        transcript = Transcript(
+            self.contents_manager,
+            path,
+            {
+                "name": kernel_name,
+                "display_name": str(getattr(spec, "display_name", kernel_name)),
+                "language": str(getattr(spec, "language", "")),
+            },
+            store,
+            self.log,
+        )
+        await transcript.create()
+        model = await self.session_manager.create_session(
+            path=path, name=session.name, type="notebook", kernel_id=session.kernel_id
+        )
+        self._server_sessions[session.id] = model["id"]
+        return transcript
+
+    async def _unused_path(self, folder: str, file_name: str) -> str:
+        name = PurePosixPath(file_name)
+        candidate, number = f"{folder}/{file_name}", 1
+        while await ensure_async(self.contents_manager.file_exists(candidate)):
+            number += 1
+            candidate = f"{folder}/{name.stem}-{number}{name.suffix}"
+        return candidate
+
+    async def _unregister(self, session_id: str) -> None:
+        """Remove the session's row from the server's session manager (its kernel is gone)."""
+        server_session_id = self._server_sessions.pop(session_id, None)
+        if server_session_id is None:
+            return
+        # The kernel is already shut down, so the row is dropped directly: the session
+        # manager's own delete_session would try to shut the kernel down a second time.
+        self.session_manager.cursor.execute(
+            "DELETE FROM session WHERE session_id=?", (server_session_id,)
+        )
 
     def _new_store(self, session_id: str) -> OutputStore:
         if self._store_root is None:

@@ -11,6 +11,7 @@ from typing import Any
 from .capture import OutputCapture
 from .kernel import KernelConnection, KernelDied, Outcome
 from .store import OutputStore
+from .transcript import Transcript
 
 
 def utcnow() -> datetime:
@@ -47,6 +48,7 @@ class AgentSession:
         prepare_code: str | None,
         interrupt_grace: float,
         log: logging.Logger,
+        transcript: Transcript | None = None,
     ) -> None:
         """Wrap a started kernel ``connection``; call :meth:`prepare` before the first call."""
         self.id = session_id
@@ -58,6 +60,7 @@ class AgentSession:
         self.prepare_code = prepare_code
         self.interrupt_grace = interrupt_grace
         self.log = log
+        self.transcript = transcript
         self.created = self.last_activity = utcnow()
         self.execution_count = 0
         self.status = "starting"
@@ -80,6 +83,7 @@ class AgentSession:
             "created": isoformat(self.created),
             "last_activity": isoformat(self.last_activity),
             "execution_count": self.execution_count,
+            "transcript_path": self.transcript.path if self.transcript else None,
         }
 
     async def prepare(self) -> None:
@@ -113,7 +117,10 @@ class AgentSession:
                     self.status = "idle"
             if outcome.execution_count is not None:
                 self.execution_count = outcome.execution_count
-            return capture.result(outcome.status, outcome.execution_count)
+            result = capture.result(outcome.status, outcome.execution_count)
+            if self.transcript is not None:
+                self.transcript.append(code, result)
+            return result
 
     async def _execute(self, code: str, timeout: float, capture: OutputCapture) -> Outcome:
         if not await self.connection.is_alive():
@@ -194,5 +201,8 @@ class AgentSession:
         await self.connection.shutdown_kernel()
         async with self._lock:
             self.connection.close()
+            if self.transcript is not None:
+                # The transcript reads images from the store: finish it first.
+                await self.transcript.flush()
             self.store.remove_all()
             self.status = "dead"

@@ -1,0 +1,146 @@
+"""Transcript notebooks: every call of a session appended as a code cell, for people to read.
+
+The transcript is written through the server's contents manager, so it is an ordinary
+notebook of the server: the file browser shows it, and JupyterLab opens it on the session's
+live kernel. Writes happen off the request path, in order, one session at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from typing import Any
+
+import nbformat
+from jupyter_core.utils import ensure_async
+
+from .store import OutputStore
+
+_BINARY_MIME_TYPES = frozenset({"image/png", "image/jpeg"})
+
+
+def notebook_outputs(result: dict[str, Any], store: OutputStore) -> list[Any]:
+    """The outputs of an execution result as a notebook holds them (images inline)."""
+    outputs = []
+    for item in result["outputs"]:
+        kind = item["type"]
+        if kind == "stream":
+            outputs.append(nbformat.v4.new_output("stream", name=item["name"], text=item["text"]))
+        elif kind in ("result", "display"):
+            data = _mime_bundle(item, store)
+            if kind == "result":
+                outputs.append(
+                    nbformat.v4.new_output(
+                        "execute_result", data=data, execution_count=item["execution_count"]
+                    )
+                )
+            else:
+                outputs.append(nbformat.v4.new_output("display_data", data=data))
+        elif kind == "error":
+            outputs.append(
+                nbformat.v4.new_output(
+                    "error", ename=item["ename"], evalue=item["evalue"], traceback=item["traceback"]
+                )
+            )
+        elif kind == "note":
+            outputs.append(nbformat.v4.new_output("stream", name="stderr", text=f"[{item['text']}]\n"))
+        elif kind == "truncated":
+            outputs.append(
+                nbformat.v4.new_output(
+                    "stream",
+                    name="stderr",
+                    text=f"\n[... {item['omitted_chars']} characters cut; the whole output is in "
+                    f"file {item['file']} of the session ...]\n",
+                )
+            )
+    return outputs
+
+
+def _mime_bundle(item: dict[str, Any], store: OutputStore) -> dict[str, Any]:
+    data: dict[str, Any] = {"text/plain": item["text"] or ""}
+    for file_id in item["files"]:
+        stored = store.get(file_id)
+        if stored is None or not stored.path.is_file():
+            continue
+        raw = stored.path.read_bytes()
+        if stored.mime_type in _BINARY_MIME_TYPES:
+            data[stored.mime_type] = base64.b64encode(raw).decode("ascii")
+        else:
+            data[stored.mime_type] = raw.decode("utf-8", errors="replace")
+    return data
+
+
+class Transcript:
+    """The transcript notebook of one session, appended to in the background, in call order."""
+
+    def __init__(
+        self,
+        contents_manager: Any,
+        path: str,
+        kernelspec: dict[str, str],
+        store: OutputStore,
+        log: logging.Logger,
+    ) -> None:
+        """Write to ``path`` (an API path of ``contents_manager``)."""
+        self.contents_manager = contents_manager
+        self.path = path
+        self.kernelspec = kernelspec
+        self.store = store
+        self.log = log
+        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def create(self) -> None:
+        """Write the empty notebook, so the session can be opened at once."""
+        await self._save(self._new_notebook())
+
+    def append(self, code: str, result: dict[str, Any]) -> None:
+        """Queue one call as a code cell; the write happens in the background."""
+        self._pending.append((code, result))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._write_pending())
+
+    async def flush(self) -> None:
+        """Wait until every queued cell is in the file."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
+
+    async def _write_pending(self) -> None:
+        # Cells that arrive while a write is under way are taken by the next round of this
+        # loop, so a burst of calls costs few writes and no cell is lost or reordered.
+        while self._pending:
+            calls, self._pending = self._pending, []
+            try:
+                notebook = await self._load()
+                notebook.cells.extend(self._cell(code, result) for code, result in calls)
+                await self._save(notebook)
+            except Exception:
+                self.log.exception("Could not append to the transcript %s", self.path)
+
+    def _cell(self, code: str, result: dict[str, Any]) -> Any:
+        cell = nbformat.v4.new_code_cell(
+            source=code,
+            execution_count=result["execution_count"],
+            outputs=notebook_outputs(result, self.store),
+        )
+        cell.metadata["agent_session"] = {"status": result["status"]}
+        return cell
+
+    async def _load(self) -> Any:
+        """The notebook as it is on disk (a person may have edited it), or a new one."""
+        if not await ensure_async(self.contents_manager.file_exists(self.path)):
+            return self._new_notebook()
+        model = await ensure_async(self.contents_manager.get(self.path, content=True))
+        return nbformat.from_dict(model["content"])
+
+    def _new_notebook(self) -> Any:
+        notebook = nbformat.v4.new_notebook()
+        notebook.metadata["kernelspec"] = self.kernelspec
+        notebook.metadata["language_info"] = {"name": self.kernelspec.get("language", "")}
+        return notebook
+
+    async def _save(self, notebook: Any) -> None:
+        nbformat.validate(notebook)
+        model = {"type": "notebook", "format": "json", "content": notebook}
+        await ensure_async(self.contents_manager.save(model, self.path))

@@ -1,0 +1,119 @@
+"""Transcript notebooks: one cell per call, valid, in order, listed by the server's sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+from .conftest import Api
+
+
+async def read_transcript(root: Path, path: str, cells: int) -> Any:
+    """The transcript once it holds ``cells`` cells (it is written in the background)."""
+    notebook = None
+    for _ in range(200):
+        try:
+            notebook = nbformat.read(root / path, as_version=4)
+        except nbformat.reader.NotJSONError:
+            # jupyter_server's atomic writing rewrites the file in place: caught mid-write.
+            notebook = None
+        if notebook is not None and len(notebook.cells) >= cells:
+            break
+        await asyncio.sleep(0.05)
+    assert notebook is not None
+    nbformat.validate(notebook)
+    return notebook
+
+
+async def test_every_call_becomes_a_cell(api: Api, jp_root_dir: Path) -> None:
+    session = await api.create(name="scribe")
+    assert session["transcript_path"] == "agent-sessions/scribe/transcript.ipynb"
+    empty = await read_transcript(jp_root_dir, session["transcript_path"], 0)
+    assert empty.metadata.kernelspec.name == "python3"
+
+    await api.execute(session["id"], "print('hello')\nx = 41")
+    await api.execute(
+        session["id"], "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()\nx + 1"
+    )
+    await api.execute(session["id"], "print('partial')\n1/0")
+    notebook = await read_transcript(jp_root_dir, session["transcript_path"], 3)
+
+    first, second, third = notebook.cells
+    assert first.source == "print('hello')\nx = 41"
+    assert first.execution_count == 1
+    assert first.outputs == [nbformat.v4.new_output("stream", name="stdout", text="hello\n")]
+    assert second.execution_count == 2
+    assert [output.output_type for output in second.outputs] == ["display_data", "execute_result"]
+    assert second.outputs[0].data["image/png"].startswith("iVBORw0KGgo")  # base64 of a PNG
+    assert second.outputs[1].data["text/plain"] == "42"
+    assert [output.output_type for output in third.outputs] == ["stream", "error"]
+    assert third.outputs[1].ename == "ZeroDivisionError"
+    assert third.metadata.agent_session.status == "error"
+
+
+async def test_calls_back_to_back_lose_no_cell(api: Api, jp_root_dir: Path) -> None:
+    session = await api.create()
+    results = await asyncio.gather(
+        *(api.execute(session["id"], f"print({index})") for index in range(12))
+    )
+    notebook = await read_transcript(jp_root_dir, session["transcript_path"], 12)
+    assert len(notebook.cells) == 12
+    counts = [cell.execution_count for cell in notebook.cells]
+    assert counts == sorted(counts) == sorted(r["execution_count"] for r in results)
+    by_count = {r["execution_count"]: r["output"] for r in results}
+    for cell in notebook.cells:
+        assert cell.outputs[0].text == by_count[cell.execution_count]
+
+
+async def test_huge_output_is_cut_in_the_transcript_too(api: Api, jp_root_dir: Path) -> None:
+    session = await api.create()
+    result = await api.execute(session["id"], "print('y' * 5_000_000)")
+    assert result["truncated"] is True
+    await read_transcript(jp_root_dir, session["transcript_path"], 1)
+    assert (jp_root_dir / session["transcript_path"]).stat().st_size < 150_000
+
+
+async def test_session_is_listed_with_its_transcript_and_kernel(
+    api: Api, jp_fetch: Any
+) -> None:
+    session = await api.create(name="listed")
+    response = await jp_fetch("api", "sessions")
+    [server_session] = json.loads(response.body)
+    assert server_session["path"] == session["transcript_path"]
+    assert server_session["type"] == "notebook"
+    assert server_session["kernel"]["id"] == session["kernel_id"]
+
+    await api.request("DELETE", session["id"])
+    response = await jp_fetch("api", "sessions")
+    assert json.loads(response.body) == []
+
+
+async def test_delete_keeps_the_transcript_and_work(api: Api, jp_root_dir: Path) -> None:
+    session = await api.create(name="keeper")
+    await api.execute(session["id"], "open('result.csv', 'w').write('a,b\\n')\n'saved'")
+    await api.request("DELETE", session["id"])
+    folder = jp_root_dir / "agent-sessions" / "keeper"
+    visible = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    assert visible == ["result.csv", "transcript.ipynb"]
+    notebook = nbformat.read(folder / "transcript.ipynb", as_version=4)
+    assert len(notebook.cells) == 1
+
+    again = await api.create(name="keeper")
+    assert again["transcript_path"] == "agent-sessions/keeper/transcript-2.ipynb"
+
+
+@pytest.mark.parametrize("agent_config", [{"transcripts": False}])
+async def test_transcripts_can_be_turned_off(
+    api: Api, jp_root_dir: Path, jp_fetch: Any
+) -> None:
+    session = await api.create(name="quiet")
+    assert session["transcript_path"] is None
+    await api.execute(session["id"], "1")
+    assert not (jp_root_dir / "agent-sessions" / "quiet" / "transcript.ipynb").exists()
+    response = await jp_fetch("api", "sessions")
+    assert json.loads(response.body) == []
