@@ -76,14 +76,22 @@ class KernelConnection:
     async def connect(self, timeout: float = 60) -> None:
         """Open channels and wait until the kernel answers on shell and IOPub."""
         self.close()
+        self._client = await self._open_client()
+        await self._wait_for_iopub(timeout)
+
+    async def _open_client(self) -> Any:
+        """A started client of the kernel with the API of jupyter_client's AsyncKernelClient.
+
+        Used: ``execute``, ``kernel_info``, ``get_iopub_msg``, ``get_shell_msg`` and
+        ``stop_channels``. Subclasses for remote kernels return their own.
+        """
         kernel = self._kernel
         kernel.autorestart = False
         kernel.stop_restarter()
         client = kernel.client()
         client.allow_stdin = False
         client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
-        self._client = client
-        await self._wait_for_iopub(timeout)
+        return client
 
     async def _wait_for_iopub(self, timeout: float) -> None:
         """Send kernel_info until its status arrives on IOPub, so no early output is missed.
