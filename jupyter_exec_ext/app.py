@@ -42,6 +42,10 @@ class AgentSessionsApp(ExtensionApp):
         """Register the API routes (relative: the server adds its base_url)."""
         self.handlers.extend(default_handlers)
 
+    async def _start_jupyter_server_extension(self, serverapp: object) -> None:
+        """Start the manager's background work once the server's loop runs."""
+        await self.agent_session_manager.start()
+
     async def stop_extension(self) -> None:
         """Shut every session's kernel down with the server."""
         await self.agent_session_manager.shutdown()

@@ -65,10 +65,14 @@ class _Part:
 class OutputCapture:
     """Collects the outputs of one execution, in order, with bounded memory."""
 
-    def __init__(self, store: OutputStore, max_chars: int = 100_000) -> None:
-        """Save files to ``store``; keep at most ``max_chars`` of text (0: no limit)."""
+    def __init__(self, store: OutputStore | None, max_chars: int = 100_000) -> None:
+        """Save files to ``store``; keep at most ``max_chars`` of text (0: no limit).
+
+        Without a store (internal calls whose output nobody downloads) rich data is not
+        saved and text is not cut.
+        """
         self.store = store
-        self.max_chars = max_chars
+        self.max_chars = max_chars if store is not None else 0
         self.files: list[StoredFile] = []
         self._head: list[_Part] = []
         self._head_chars = 0
@@ -131,7 +135,7 @@ class OutputCapture:
         """Build the execution result model; call once, when the execution is over."""
         outputs = [part.item for part in self._head]
         output = "".join(part.text for part in self._head)
-        if self._full_text is not None:
+        if self._full_text is not None and self.store is not None:
             file_id, handle = self._full_text
             stored = self.store.finish_text(file_id, handle)
             self.files.append(stored)
@@ -150,11 +154,13 @@ class OutputCapture:
             "output": output,
             "outputs": outputs,
             "error": self.error,
-            "files": [self.store.model(stored) for stored in self.files],
+            "files": [self.store.model(stored) for stored in self.files] if self.store else [],
             "truncated": self.truncated,
         }
 
     def _save_rich_data(self, data: dict[str, Any]) -> StoredFile | None:
+        if self.store is None:
+            return None
         mime_type = next((m for m in IMAGE_MIME_TYPES if m in data), None)
         if mime_type is None and HTML_MIME_TYPE in data:
             mime_type = HTML_MIME_TYPE
@@ -215,6 +221,7 @@ class OutputCapture:
 
     def _start_truncating(self) -> None:
         """Keep the first half of the budget as the head; the rest becomes the tail."""
+        assert self.store is not None  # max_chars is 0 without a store
         file_id, handle = self.store.open_text()
         for part in self._head:
             handle.write(part.text)

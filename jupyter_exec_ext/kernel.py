@@ -188,6 +188,12 @@ class KernelConnection:
         failed = capture.error is not None or reply.get("status", "ok") != "ok"
         return Outcome("error" if failed else "ok", execution_count)
 
+    async def run_quietly(self, code: str, timeout: float = 60) -> str | None:
+        """Run set-up code silently; None when it worked, else what it printed."""
+        capture = OutputCapture(None)
+        outcome = await self.execute(code, capture, timeout, silent=True)
+        return None if outcome.status == "ok" else capture.result(outcome.status, None)["output"]
+
     async def interrupt(self) -> None:
         """Interrupt the kernel (SIGINT, or an interrupt request for message-mode kernels)."""
         await ensure_async(self.kernel_manager.interrupt_kernel(self.kernel_id))

@@ -15,12 +15,13 @@ from jupyter_client.kernelspec import NoSuchKernel
 from jupyter_core.utils import ensure_async
 from jupyter_server.utils import url_path_join
 from tornado import web
-from traitlets import Bool, Float, Integer, Unicode
+from traitlets import Bool, Dict, Float, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
 import kernel_helper
 
 from .kernel import KernelConnection, KernelDied
+from .pool import KernelPool
 from .session import AgentSession, SessionClosedError
 from .store import OutputStore, StoredFile
 from .transcript import Transcript
@@ -91,6 +92,16 @@ class AgentSessionManager(LoggingConfigurable):
         "name is already there (from an earlier session of the same name), a number is added.",
     )
 
+    kernel_pool = Dict(
+        default_value={"python3": 2},
+        key_trait=Unicode(),
+        value_trait=Integer(min=0),
+        config=True,
+        help="Kernels kept started ahead of time, per kernel name, so a new session gets one at "
+        "once; the pool refills in the background, and a pooled kernel serves one session only. "
+        "An empty dict (or 0) turns the pool off.",
+    )
+
     kernel_start_timeout = Float(
         60.0,
         config=True,
@@ -127,6 +138,7 @@ class AgentSessionManager(LoggingConfigurable):
         self._reserved_names: set[str] = set()
         self._store_root: Path | None = None
         self._owns_store_root = False
+        self._pool: KernelPool | None = None
 
     # -- lookups -------------------------------------------------------------------------
 
@@ -158,6 +170,25 @@ class AgentSessionManager(LoggingConfigurable):
         return self.root_dir / Path(self.sessions_dir).expanduser()
 
     # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start background work: fill the kernel pool (the server's loop is running)."""
+        if self._pool is not None:
+            return
+        sizes = {}
+        for kernel_name, size in self.kernel_pool.items():
+            try:
+                await self._kernel_spec(kernel_name)
+            except web.HTTPError as e:
+                self.log.warning("Not pooling kernels: %s", e.log_message)
+                continue
+            sizes[kernel_name] = size
+        self._pool = KernelPool(sizes, self._start_pooled_kernel, self.log)
+        self._pool.fill()
+
+    def pooled_kernel_ids(self) -> set[str]:
+        """Ids of the kernels waiting in the pool (they belong to no session yet)."""
+        return self._pool.kernel_ids() if self._pool else set()
 
     async def create_session(
         self, kernel_name: str | None = None, name: str | None = None
@@ -243,6 +274,8 @@ class AgentSessionManager(LoggingConfigurable):
 
     async def shutdown(self) -> None:
         """Delete every session (the server is stopping)."""
+        if self._pool is not None:
+            await self._pool.shutdown()
         sessions = list(self._sessions.values())
         self._sessions.clear()
         await asyncio.gather(*(session.close() for session in sessions), return_exceptions=True)
@@ -277,6 +310,11 @@ class AgentSessionManager(LoggingConfigurable):
             ) from e
 
     async def _start_kernel(self, kernel_name: str, working_dir: Path) -> KernelConnection:
+        """A kernel for a new session: from the pool when one is ready, else a new one."""
+        if self._pool is not None:
+            connection = await self._pool.take(kernel_name)
+            if connection is not None:
+                return connection
         try:
             return await KernelConnection.start(
                 self.kernel_manager,
@@ -287,6 +325,18 @@ class AgentSessionManager(LoggingConfigurable):
             )
         except (KernelDied, TimeoutError) as e:
             raise web.HTTPError(500, f"The kernel {kernel_name!r} failed to start: {e}") from e
+
+    async def _start_pooled_kernel(self, kernel_name: str) -> KernelConnection:
+        """Start a kernel for the pool, with the kernel helper already loaded."""
+        spec = await self._kernel_spec(kernel_name)
+        connection = await KernelConnection.start(
+            self.kernel_manager, kernel_name, self.log, timeout=self.kernel_start_timeout
+        )
+        if str(getattr(spec, "language", "")).lower() == "python":
+            problem = await connection.run_quietly(kernel_helper.setup_code())
+            if problem is not None:
+                self.log.warning("The kernel helper failed to load in a pooled kernel: %s", problem)
+        return connection
 
     def _kernel_path_kwargs(self, working_dir: Path) -> dict[str, Any]:
         """Start the kernel in its working folder when that lies under the server's root."""

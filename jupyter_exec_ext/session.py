@@ -89,15 +89,10 @@ class AgentSession:
     async def prepare(self) -> None:
         """Load the in-kernel helper (working folder, inline images, no ``input()``)."""
         if self.prepare_code is not None:
-            capture = OutputCapture(self.store, max_chars=10_000)
-            outcome = await self.connection.execute(
-                self.prepare_code, capture, timeout=60, silent=True
-            )
-            if outcome.status != "ok":
+            problem = await self.connection.run_quietly(self.prepare_code)
+            if problem is not None:
                 self.log.warning(
-                    "Agent session %s: the kernel helper failed to load: %s",
-                    self.id,
-                    capture.result(outcome.status, None)["output"],
+                    "Agent session %s: the kernel helper failed to load: %s", self.id, problem
                 )
         self.status = "idle"
 

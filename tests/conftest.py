@@ -33,7 +33,12 @@ def jp_server_config(agent_config: dict[str, Any]) -> dict[str, Any]:
     """Enable the extension the way the installed jupyter-config file does."""
     return {
         "ServerApp": {"jpserver_extensions": {"jupyter_exec_ext": True}},
-        "AgentSessionManager": {"default_timeout": TEST_DEFAULT_TIMEOUT, **agent_config},
+        "AgentSessionManager": {
+            "default_timeout": TEST_DEFAULT_TIMEOUT,
+            # Each test starts its own server: a pool per test would only load the machine.
+            "kernel_pool": {},
+            **agent_config,
+        },
     }
 
 

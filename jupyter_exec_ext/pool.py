@@ -1,0 +1,98 @@
+"""A pool of pre-started kernels, so a new session does not wait for a kernel to boot."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from .kernel import KernelConnection
+
+#: Seconds to wait before trying again after a pool kernel failed to start.
+_RETRY_DELAY = 5.0
+
+
+class KernelPool:
+    """Fresh kernels of given names, started ahead of time and refilled in the background.
+
+    A pooled kernel has the in-kernel helper loaded already. Each kernel is handed out once:
+    a session's kernel never goes back to the pool, so no state can leak between sessions.
+    """
+
+    def __init__(
+        self,
+        sizes: dict[str, int],
+        start_kernel: Callable[[str], Awaitable[KernelConnection]],
+        log: logging.Logger,
+    ) -> None:
+        """Keep ``sizes[name]`` kernels ready per kernel name, started by ``start_kernel``."""
+        self.sizes = {name: size for name, size in sizes.items() if size > 0}
+        self._start_kernel = start_kernel
+        self.log = log
+        self._ready: dict[str, list[KernelConnection]] = {name: [] for name in self.sizes}
+        self._starting: dict[str, int] = dict.fromkeys(self.sizes, 0)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def ready_count(self, kernel_name: str) -> int:
+        """How many kernels of that name are ready now."""
+        return len(self._ready.get(kernel_name, []))
+
+    def kernel_ids(self) -> set[str]:
+        """Ids of the kernels the pool holds."""
+        return {c.kernel_id for ready in self._ready.values() for c in ready}
+
+    def fill(self) -> None:
+        """Start kernels in the background until every kernel name has its count."""
+        if self._closed:
+            return
+        for name, size in self.sizes.items():
+            missing = size - len(self._ready[name]) - self._starting[name]
+            for _ in range(missing):
+                self._starting[name] += 1
+                task = asyncio.ensure_future(self._start_one(name))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def take(self, kernel_name: str) -> KernelConnection | None:
+        """A ready kernel of that name (the pool refills behind it), or None."""
+        ready = self._ready.get(kernel_name)
+        while ready:
+            connection = ready.pop(0)
+            self.fill()
+            if await connection.is_alive():
+                return connection
+            self.log.warning("Pooled kernel %s had died; discarding it", connection.kernel_id)
+            connection.close()
+        return None
+
+    async def _start_one(self, kernel_name: str) -> None:
+        try:
+            connection = await self._start_kernel(kernel_name)
+        except Exception:
+            self.log.exception("Could not start a %s kernel for the pool", kernel_name)
+            await asyncio.sleep(_RETRY_DELAY)
+            self._starting[kernel_name] -= 1
+            self.fill()
+            return
+        self._starting[kernel_name] -= 1
+        if self._closed:
+            connection.close()
+            await connection.shutdown_kernel()
+            return
+        self._ready[kernel_name].append(connection)
+
+    async def shutdown(self) -> None:
+        """Stop refilling and shut every pooled kernel down."""
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        connections = [c for ready in self._ready.values() for c in ready]
+        for ready in self._ready.values():
+            ready.clear()
+        for connection in connections:
+            connection.close()
+        await asyncio.gather(
+            *(connection.shutdown_kernel() for connection in connections), return_exceptions=True
+        )
