@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import IO, Any
 
-from .store import OutputStore, StoredFile
+from .store import OutputStore, StoredFile, StoreFullError
 
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 
@@ -137,14 +137,21 @@ class OutputCapture:
         output = "".join(part.text for part in self._head)
         if self._full_text is not None and self.store is not None:
             file_id, handle = self._full_text
-            stored = self.store.finish_text(file_id, handle)
-            self.files.append(stored)
-            marker = (
-                f"\n[... {self._omitted_chars} characters cut; the whole output is in file "
-                f"{stored.id} ...]\n"
-            )
+            try:
+                stored: StoredFile | None = self.store.finish_text(file_id, handle)
+            except StoreFullError as e:
+                stored, where = None, f"the whole output was not kept: {e}"
+            else:
+                assert stored is not None
+                self.files.append(stored)
+                where = f"the whole output is in file {stored.id}"
+            marker = f"\n[... {self._omitted_chars} characters cut; {where} ...]\n"
             outputs.append(
-                {"type": "truncated", "omitted_chars": self._omitted_chars, "file": stored.id}
+                {
+                    "type": "truncated",
+                    "omitted_chars": self._omitted_chars,
+                    "file": stored.id if stored else None,
+                }
             )
             outputs.extend(part.item for part in self._tail)
             output += marker + "".join(part.text for part in self._tail)
@@ -178,7 +185,11 @@ class OutputCapture:
                 return None
         else:
             payload = value.encode("utf-8")
-        stored = self.store.save(payload, mime_type)
+        try:
+            stored = self.store.save(payload, mime_type)
+        except StoreFullError as e:
+            self.add_note(f"A {mime_type} output was not kept: {e}.")
+            return None
         self.files.append(stored)
         return stored
 

@@ -8,6 +8,7 @@ import re
 import shutil
 import tempfile
 import uuid
+from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -15,6 +16,7 @@ from jupyter_client.kernelspec import NoSuchKernel
 from jupyter_core.utils import ensure_async
 from jupyter_server.utils import url_path_join
 from tornado import web
+from tornado.ioloop import PeriodicCallback
 from traitlets import Bool, Dict, Float, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
@@ -22,7 +24,7 @@ import kernel_helper
 
 from .kernel import KernelConnection, KernelDied
 from .pool import KernelPool
-from .session import AgentSession, SessionClosedError
+from .session import AgentSession, SessionClosedError, utcnow
 from .store import OutputStore, StoredFile
 from .transcript import Transcript
 
@@ -102,6 +104,48 @@ class AgentSessionManager(LoggingConfigurable):
         "An empty dict (or 0) turns the pool off.",
     )
 
+    max_sessions = Integer(
+        100,
+        config=True,
+        help="Most agent sessions one server runs at once; creating one more answers 429. "
+        "0 means no limit.",
+    )
+
+    max_code_chars = Integer(
+        1_000_000,
+        config=True,
+        help="Most characters of code one execute call may send; more answers 413. "
+        "0 means no limit.",
+    )
+
+    max_session_file_bytes = Integer(
+        512 * 1024 * 1024,
+        config=True,
+        help="Most bytes of captured files (images, HTML, full texts) one session keeps. Past "
+        "it new files are not kept and the result says so. 0 means no limit.",
+    )
+
+    kernel_memory_limit = Integer(
+        0,
+        config=True,
+        help="Bytes of data memory each session's (Python) kernel may use. Code that goes "
+        "past it gets a 'memory limit' result and the session a fresh kernel; the server and "
+        "other sessions are unaffected. 0 means no limit.",
+    )
+
+    cull_idle_timeout = Float(
+        0.0,
+        config=True,
+        help="Seconds after its last call that an idle session is deleted (a session that is "
+        "running code is never culled). 0 means sessions are never culled.",
+    )
+
+    cull_interval = Float(
+        60.0,
+        config=True,
+        help="Seconds between two looks for idle sessions to cull.",
+    )
+
     kernel_start_timeout = Float(
         60.0,
         config=True,
@@ -139,6 +183,7 @@ class AgentSessionManager(LoggingConfigurable):
         self._store_root: Path | None = None
         self._owns_store_root = False
         self._pool: KernelPool | None = None
+        self._culler: PeriodicCallback | None = None
 
     # -- lookups -------------------------------------------------------------------------
 
@@ -185,6 +230,19 @@ class AgentSessionManager(LoggingConfigurable):
             sizes[kernel_name] = size
         self._pool = KernelPool(sizes, self._start_pooled_kernel, self.log)
         self._pool.fill()
+        if self.cull_idle_timeout > 0:
+            self._culler = PeriodicCallback(self.cull_idle_sessions, 1000 * self.cull_interval)
+            self._culler.start()
+
+    async def cull_idle_sessions(self) -> None:
+        """Delete the sessions that have been idle longer than ``cull_idle_timeout``."""
+        cutoff = utcnow() - timedelta(seconds=self.cull_idle_timeout)
+        for session in list(self._sessions.values()):
+            if session.status == "idle" and session.last_activity < cutoff:
+                self.log.info(
+                    "Culling agent session %s: idle since %s", session.name, session.last_activity
+                )
+                await self.delete_session(session.id)
 
     def pooled_kernel_ids(self) -> set[str]:
         """Ids of the kernels waiting in the pool (they belong to no session yet)."""
@@ -194,6 +252,12 @@ class AgentSessionManager(LoggingConfigurable):
         self, kernel_name: str | None = None, name: str | None = None
     ) -> dict[str, Any]:
         """Start a session with a kernel of its own and return its model."""
+        if self.max_sessions and len(self._sessions) + len(self._reserved_names) >= self.max_sessions:
+            raise web.HTTPError(
+                429,
+                f"Too many agent sessions: this server runs at most {self.max_sessions}; delete "
+                "one first",
+            )
         session_id = str(uuid.uuid4())
         name = name if name is not None else f"session-{session_id[:8]}"
         self._check_name(name)
@@ -214,8 +278,13 @@ class AgentSessionManager(LoggingConfigurable):
                 store=store,
                 working_dir=working_dir,
                 prepare_code=(
-                    kernel_helper.setup_code(str(working_dir)) if language == "python" else None
+                    kernel_helper.setup_code(
+                        str(working_dir), memory_limit=self.kernel_memory_limit or None
+                    )
+                    if language == "python"
+                    else None
                 ),
+                memory_limit=self.kernel_memory_limit,
                 interrupt_grace=self.interrupt_grace,
                 log=self.log,
             )
@@ -248,6 +317,12 @@ class AgentSessionManager(LoggingConfigurable):
     ) -> dict[str, Any]:
         """Run code in a session and return the execution result model."""
         session = self._check_session(session_id)
+        if self.max_code_chars and len(code) > self.max_code_chars:
+            raise web.HTTPError(
+                413,
+                f"The code is {len(code)} characters long; this server accepts at most "
+                f"{self.max_code_chars} per call",
+            )
         if timeout is None:
             timeout = self.default_timeout
         elif not (math.isfinite(timeout) and 0 < timeout <= self.max_timeout):
@@ -274,6 +349,8 @@ class AgentSessionManager(LoggingConfigurable):
 
     async def shutdown(self) -> None:
         """Delete every session (the server is stopping)."""
+        if self._culler is not None:
+            self._culler.stop()
         if self._pool is not None:
             await self._pool.shutdown()
         sessions = list(self._sessions.values())
@@ -415,4 +492,6 @@ class AgentSessionManager(LoggingConfigurable):
                 self._store_root = Path(tempfile.mkdtemp(prefix="jupyter-exec-outputs-"))
                 self._owns_store_root = True
         url_prefix = url_path_join(self.base_url, "api/agent-sessions", session_id, "files") + "/"
-        return OutputStore(self._store_root / session_id, url_prefix)
+        return OutputStore(
+            self._store_root / session_id, url_prefix, max_bytes=self.max_session_file_bytes
+        )

@@ -49,6 +49,7 @@ class AgentSession:
         interrupt_grace: float,
         log: logging.Logger,
         transcript: Transcript | None = None,
+        memory_limit: int = 0,
     ) -> None:
         """Wrap a started kernel ``connection``; call :meth:`prepare` before the first call."""
         self.id = session_id
@@ -61,6 +62,7 @@ class AgentSession:
         self.interrupt_grace = interrupt_grace
         self.log = log
         self.transcript = transcript
+        self.memory_limit = memory_limit
         self.created = self.last_activity = utcnow()
         self.execution_count = 0
         self.status = "starting"
@@ -154,10 +156,20 @@ class AgentSession:
                     "killed): the session's state (variables, imports) was lost. A new kernel "
                     "has been started for the next call."
                 )
+                if self.memory_limit:
+                    message += f" The session's memory limit is {self.memory_limit} bytes."
             capture.add_note(message)
             capture.error = {"ename": "KernelDied", "evalue": message, "traceback": []}
             if not self._closed:
                 await self._recover()
+        elif self.memory_limit and capture.error and capture.error["ename"] == "MemoryError":
+            # Past the limit the kernel may be left in a half-allocated state: start afresh.
+            await self._recover()
+            capture.add_note(
+                f"Memory limit reached: the code needed more than the session's limit of "
+                f"{self.memory_limit} bytes. A new kernel was started and the session's earlier "
+                "state (variables, imports) is lost."
+            )
         return outcome
 
     async def _recover(self) -> None:

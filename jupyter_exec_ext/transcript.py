@@ -46,12 +46,12 @@ def notebook_outputs(result: dict[str, Any], store: OutputStore) -> list[Any]:
         elif kind == "note":
             outputs.append(nbformat.v4.new_output("stream", name="stderr", text=f"[{item['text']}]\n"))
         elif kind == "truncated":
+            where = f"; the whole output is in file {item['file']}" if item["file"] else ""
             outputs.append(
                 nbformat.v4.new_output(
                     "stream",
                     name="stderr",
-                    text=f"\n[... {item['omitted_chars']} characters cut; the whole output is in "
-                    f"file {item['file']} of the session ...]\n",
+                    text=f"\n[... {item['omitted_chars']} characters cut{where} ...]\n",
                 )
             )
     return outputs

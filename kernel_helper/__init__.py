@@ -47,7 +47,7 @@ _STDIN_MESSAGE = (
 # Run by the kernel. Everything lives inside a dunder-named function that is
 # deleted afterwards, so the user's namespace gains no names.
 _SETUP_TEMPLATE = """\
-def __kernel_helper_setup(source, version, working_dir):
+def __kernel_helper_setup(source, version, options):
     import sys
     import types
 
@@ -60,29 +60,33 @@ def __kernel_helper_setup(source, version, working_dir):
         helper.__dict__["_EMBEDDED_SOURCE"] = source
         exec(compile(source, "<kernel_helper>", "exec"), helper.__dict__)
         sys.modules["kernel_helper"] = helper
-    helper.setup(working_dir=working_dir)
+    helper.setup(**options)
 
 
 try:
-    __kernel_helper_setup({source!r}, {version!r}, {working_dir!r})
+    __kernel_helper_setup({source!r}, {version!r}, {options!r})
 finally:
     del __kernel_helper_setup
 """
 
 
-def setup(working_dir: str | None = None) -> None:
+def setup(working_dir: str | None = None, memory_limit: int | None = None) -> None:
     """Prepare the running kernel for an agent session.
 
     Safe to call more than once: nothing is wrapped twice. Without a running
     IPython shell only the process-wide parts are done (working directory,
-    environment variables).
+    environment variables, memory limit).
 
     Args:
         working_dir: Directory to change into; created if it does not exist.
+        memory_limit: Bytes of data memory the kernel process may use; past it
+            allocations fail with MemoryError. None: no limit.
     """
     if working_dir is not None:
         os.makedirs(working_dir, exist_ok=True)
         os.chdir(working_dir)
+    if memory_limit:
+        _limit_memory(memory_limit)
     _quiet_pip()
 
     shell = _get_shell()
@@ -94,7 +98,7 @@ def setup(working_dir: str | None = None) -> None:
     _disable_stdin(shell)
 
 
-def setup_code(working_dir: str | None = None) -> str:
+def setup_code(working_dir: str | None = None, memory_limit: int | None = None) -> str:
     """Return Python source that sets up a kernel when executed in it.
 
     The source uses an installed ``kernel_helper`` of the same version if the
@@ -104,9 +108,12 @@ def setup_code(working_dir: str | None = None) -> str:
 
     Args:
         working_dir: Passed on to :func:`setup` in the kernel.
+        memory_limit: Passed on to :func:`setup` in the kernel.
     """
     return _SETUP_TEMPLATE.format(
-        source=_own_source(), version=__version__, working_dir=working_dir
+        source=_own_source(),
+        version=__version__,
+        options={"working_dir": working_dir, "memory_limit": memory_limit},
     )
 
 
@@ -125,6 +132,18 @@ def _get_shell() -> Any:
     except ImportError:
         return None
     return get_ipython()
+
+
+def _limit_memory(limit: int) -> None:
+    """Cap the process's data segment (heap and anonymous mappings) at ``limit`` bytes.
+
+    RLIMIT_DATA, not RLIMIT_AS: numerical libraries reserve large address ranges they
+    never touch, which an address-space limit would refuse. The hard limit is lowered
+    too, so code in the session cannot lift it again.
+    """
+    import resource  # noqa: PLC0415 - POSIX only
+
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 
 
 def _quiet_pip() -> None:
