@@ -1,0 +1,130 @@
+"""Authentication matrix: every route of the extension x every way of (not) being logged in.
+
+The routes are read from the running application, so a route added later cannot be forgotten.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from jupyter_exec_ext import handlers as our_handlers
+
+from .conftest import Api
+
+_METHODS = ("get", "post", "put", "patch", "delete")
+
+
+def _rules(router: Any) -> Any:
+    """Every leaf rule of a tornado router, through nested (per-host) routers."""
+    for rule in getattr(router, "rules", []):
+        if hasattr(rule.target, "rules"):
+            yield from _rules(rule.target)
+        else:
+            yield rule
+
+
+def extension_routes(app: Any) -> list[tuple[str, str]]:
+    """(method, path pattern) for every route the extension registered."""
+    routes = []
+    for rule in _rules(app.default_router):
+        target = rule.target
+        if isinstance(target, type) and target.__module__ == our_handlers.__name__:
+            pattern = rule.matcher.regex.pattern.rstrip("$")
+            for method in _METHODS:
+                if method in vars(target):
+                    routes.append((method.upper(), pattern))
+    return routes
+
+
+def fill(pattern: str, values: dict[str, str]) -> str:
+    """A concrete path for a route pattern."""
+    path = re.sub(r"\(\?P<(\w+)>[^)]*\)", lambda m: values[m.group(1)], pattern)
+    return path.replace("/?", "")
+
+
+async def fetch(url: str, method: str, headers: dict[str, str]) -> int:
+    body = None
+    if method in ("POST", "PUT", "PATCH"):
+        body = '{"code": "1"}' if url.endswith("/execute") else "{}"
+    request = HTTPRequest(
+        url, method=method, headers=headers, body=body, allow_nonstandard_methods=True,
+        follow_redirects=False, request_timeout=60,
+    )
+    try:
+        response = await AsyncHTTPClient().fetch(request)
+    except HTTPClientError as e:
+        return e.code
+    return response.code
+
+
+async def make_targets(api: Api, jp_serverapp: Any, jp_http_port: int) -> Any:
+    """The routes filled with a real session and file, and the server's base URL."""
+    session = await api.create()
+    result = await api.execute(session["id"], "from IPython.display import HTML\nHTML('x')")
+    values = {"session_id": session["id"], "file_id": result["files"][0]["id"]}
+    routes = [(method, fill(p, values)) for method, p in extension_routes(jp_serverapp.web_app)]
+    return routes, f"http://127.0.0.1:{jp_http_port}"
+
+
+def test_every_route_is_in_the_matrix(jp_serverapp: Any) -> None:
+    routes = extension_routes(jp_serverapp.web_app)
+    assert len(routes) == 8
+    assert {method for method, _ in routes} == {"GET", "POST", "DELETE"}
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "token wrong"}, {"Authorization": "Bearer nope"}]
+)
+async def test_no_or_wrong_token_is_refused_everywhere(
+    api: Api, jp_serverapp: Any, jp_http_port: int, headers: dict[str, str]
+) -> None:
+    routes, base = await make_targets(api, jp_serverapp, jp_http_port)
+    for method, path in routes:
+        assert await fetch(base + path, method, headers) == 403, (method, path)
+
+
+async def test_the_right_token_opens_every_route(
+    api: Api, jp_serverapp: Any, jp_http_port: int
+) -> None:
+    routes, base = await make_targets(api, jp_serverapp, jp_http_port)
+    token = jp_serverapp.identity_provider.token
+    # Deleting last, so the other routes still find the session.
+    for method, path in sorted(routes, key=lambda route: route[0] == "DELETE"):
+        status = await fetch(base + path, method, {"Authorization": f"token {token}"})
+        assert status in (200, 201, 204), (method, path, status)
+
+
+async def test_a_cookie_without_xsrf_cannot_write(
+    api: Api, jp_serverapp: Any, jp_http_port: int
+) -> None:
+    routes, base = await make_targets(api, jp_serverapp, jp_http_port)
+    token = jp_serverapp.identity_provider.token
+    # Logging in with the token in the URL gives the browser its cookies, as JupyterLab gets.
+    login = HTTPRequest(
+        f"{base}{jp_serverapp.base_url}?token={quote(token)}", follow_redirects=False
+    )
+    try:
+        response = await AsyncHTTPClient().fetch(login)
+        cookie_headers = response.headers.get_list("Set-Cookie")
+    except HTTPClientError as e:
+        assert e.response is not None
+        cookie_headers = e.response.headers.get_list("Set-Cookie")
+    cookies = {c.split("=", 1)[0]: c.split(";", 1)[0].split("=", 1)[1] for c in cookie_headers}
+    login_cookie = "; ".join(f"{k}={v}" for k, v in cookies.items() if k != "_xsrf")
+    assert login_cookie, cookie_headers
+    for method, path in routes:
+        status = await fetch(base + path, method, {"Cookie": login_cookie})
+        if method == "GET":
+            assert status == 200, (method, path, status)
+        else:
+            assert status == 403, (method, path, status)
+    # With the XSRF token, the same cookie may write.
+    xsrf = cookies["_xsrf"]
+    [(method, path)] = [(m, p) for m, p in routes if p.endswith("/execute")]
+    headers = {"Cookie": f"{login_cookie}; _xsrf={xsrf}", "X-XSRFToken": xsrf}
+    assert await fetch(base + path, method, headers) == 200
