@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -92,17 +93,35 @@ class SessionHandler(AgentSessionsAPIHandler):
 
 
 class ExecuteHandler(AgentSessionsAPIHandler):
-    """``/api/agent-sessions/{id}/execute``: run code."""
+    """``/api/agent-sessions/{id}/execute``: run code.
+
+    A client that disconnects abandons its call: a call still waiting for its turn never
+    runs, and a running one is interrupted, so the session is free for the next call.
+    """
+
+    _execution: asyncio.Future[dict[str, Any]] | None = None
 
     @web.authenticated
     @authorized(action="execute")
     async def post(self, session_id: str) -> None:
         """Run the body's code and answer with the execution result."""
         body = self.validated_body("ExecuteRequest")
-        result = await self.agent_session_manager.execute(
-            session_id, body["code"], timeout=body.get("timeout")
+        self._execution = asyncio.ensure_future(
+            self.agent_session_manager.execute(
+                session_id, body["code"], timeout=body.get("timeout")
+            )
         )
+        try:
+            result = await self._execution
+        except asyncio.CancelledError:
+            self.log.info("Agent session %s: client went away, call abandoned", session_id)
+            return
         self.finish_json(result)
+
+    def on_connection_close(self) -> None:
+        """Abandon the call of a client that went away."""
+        if self._execution is not None and not self._execution.done():
+            self._execution.cancel()
 
 
 class InterruptHandler(AgentSessionsAPIHandler):

@@ -45,6 +45,8 @@ class KernelConnection:
         self.kernel_id = kernel_id
         self.log = log
         self._client: Any = None
+        #: A cancelled or timed-out call left the kernel busy: restart it before the next.
+        self.unresponsive = False
 
     @classmethod
     async def start(
@@ -145,18 +147,25 @@ class KernelConnection:
         When the deadline passes the kernel is interrupted; its output up to then is kept
         and the call ends once the kernel is idle again, or after ``interrupt_grace``
         seconds with ``unresponsive`` set if the interrupt did not take.
+
+        Cancelling the call (its client went away) interrupts the kernel the same way and
+        waits for it to be idle before the cancellation goes on, so the next call of the
+        session starts on a kernel that is ready.
         """
         loop = asyncio.get_running_loop()
         msg_id = self._client.execute(
             code, silent=silent, store_history=not silent, allow_stdin=False, stop_on_error=True
         )
         deadline = loop.time() + timeout
-        timed_out = False
+        timed_out = cancelled = False
         execution_count: int | None = None
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                if timed_out:
+                if timed_out or cancelled:
+                    self.unresponsive = True
+                    if cancelled:
+                        raise asyncio.CancelledError
                     return Outcome("timeout", unresponsive=True)
                 timed_out = True
                 await self.interrupt()
@@ -166,13 +175,25 @@ class KernelConnection:
                 msg = await self._client.get_iopub_msg(timeout=min(remaining, LIVENESS_INTERVAL))
             except Empty:
                 if not await self.is_alive():
+                    if cancelled:
+                        raise asyncio.CancelledError from None
                     return Outcome("dead")
+                continue
+            except asyncio.CancelledError:
+                if cancelled or timed_out:
+                    raise
+                cancelled = True
+                await self.interrupt()
+                deadline = loop.time() + interrupt_grace
                 continue
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue
             msg_type = msg["header"]["msg_type"]
             content = msg["content"]
             if msg_type == "status" and content.get("execution_state") == "idle":
+                if cancelled:
+                    await self._drain_shell(msg_id)
+                    raise asyncio.CancelledError
                 break
             if msg_type == "execute_input":
                 execution_count = content.get("execution_count")

@@ -108,6 +108,11 @@ class AgentSession:
             capture = OutputCapture(self.store, max_chars)
             try:
                 outcome = await self._execute(code, timeout, capture)
+            except asyncio.CancelledError:
+                capture.add_note("The client went away, so the call was interrupted.")
+                if self.transcript is not None:
+                    self.transcript.append(code, capture.result("error", None))
+                raise
             finally:
                 self.last_activity = utcnow()
                 if self.status == "busy":
@@ -120,7 +125,13 @@ class AgentSession:
             return result
 
     async def _execute(self, code: str, timeout: float, capture: OutputCapture) -> Outcome:
-        if not await self.connection.is_alive():
+        if self.connection.unresponsive:
+            await self._recover()
+            capture.add_note(
+                "An earlier call whose client went away could not be interrupted, so the kernel "
+                "was restarted: the session's earlier state (variables, imports) is lost."
+            )
+        elif not await self.connection.is_alive():
             await self._recover()
             capture.add_note(
                 "The kernel had died since the last call: a new kernel was started and the "
@@ -175,6 +186,7 @@ class AgentSession:
     async def _recover(self) -> None:
         """Start a fresh kernel in place of a dead or stuck one."""
         self.status = "starting"
+        self.connection.unresponsive = False
         try:
             await self.connection.restart()
             self.execution_count = 0
