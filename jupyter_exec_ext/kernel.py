@@ -88,8 +88,10 @@ class KernelConnection:
         ``stop_channels``. Subclasses for remote kernels return their own.
         """
         kernel = self._kernel
-        kernel.autorestart = False
+        # In this order: stop_restarter does nothing once autorestart is off, and a restarter
+        # left running would race the session's own restart and orphan a kernel process.
         kernel.stop_restarter()
+        kernel.autorestart = False
         client = kernel.client()
         client.allow_stdin = False
         client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)

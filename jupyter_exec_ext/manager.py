@@ -184,6 +184,7 @@ class AgentSessionManager(LoggingConfigurable):
         self._owns_store_root = False
         self._pool: KernelPool | None = None
         self._culler: PeriodicCallback | None = None
+        self._cull_task: asyncio.Future[None] | None = None
 
     # -- lookups -------------------------------------------------------------------------
 
@@ -231,13 +232,21 @@ class AgentSessionManager(LoggingConfigurable):
         self._pool = KernelPool(sizes, self._start_pooled_kernel, self.log)
         self._pool.fill()
         if self.cull_idle_timeout > 0:
-            self._culler = PeriodicCallback(self.cull_idle_sessions, 1000 * self.cull_interval)
+            self._culler = PeriodicCallback(self._cull_soon, 1000 * self.cull_interval)
             self._culler.start()
+
+    def _cull_soon(self) -> None:
+        """Start a look for idle sessions unless one is still going on."""
+        if self._cull_task is None or self._cull_task.done():
+            self._cull_task = asyncio.ensure_future(self.cull_idle_sessions())
 
     async def cull_idle_sessions(self) -> None:
         """Delete the sessions that have been idle longer than ``cull_idle_timeout``."""
         cutoff = utcnow() - timedelta(seconds=self.cull_idle_timeout)
         for session in list(self._sessions.values()):
+            # A session deleted meanwhile (by its client, or by shutdown) is not culled again.
+            if self._sessions.get(session.id) is not session:
+                continue
             if session.status == "idle" and session.last_activity < cutoff:
                 self.log.info(
                     "Culling agent session %s: idle since %s", session.name, session.last_activity
@@ -351,6 +360,9 @@ class AgentSessionManager(LoggingConfigurable):
         """Delete every session (the server is stopping)."""
         if self._culler is not None:
             self._culler.stop()
+        if self._cull_task is not None:
+            # A cull under way finishes its deletions, so no kernel is left half shut down.
+            await asyncio.gather(self._cull_task, return_exceptions=True)
         if self._pool is not None:
             await self._pool.shutdown()
         sessions = list(self._sessions.values())

@@ -32,6 +32,7 @@ class KernelPool:
         self._ready: dict[str, list[KernelConnection]] = {name: [] for name in self.sizes}
         self._starting: dict[str, int] = dict.fromkeys(self.sizes, 0)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._retry: asyncio.TimerHandle | None = None
         self._closed = False
 
     def ready_count(self, kernel_name: str) -> int:
@@ -70,10 +71,10 @@ class KernelPool:
         try:
             connection = await self._start_kernel(kernel_name)
         except Exception:
-            self.log.exception("Could not start a %s kernel for the pool", kernel_name)
-            await asyncio.sleep(_RETRY_DELAY)
             self._starting[kernel_name] -= 1
-            self.fill()
+            if not self._closed:
+                self.log.exception("Could not start a %s kernel for the pool", kernel_name)
+                self._retry_later()
             return
         self._starting[kernel_name] -= 1
         if self._closed:
@@ -82,11 +83,24 @@ class KernelPool:
             return
         self._ready[kernel_name].append(connection)
 
+    def _retry_later(self) -> None:
+        """Fill the pool again after a pause, so a failing kernel does not start in a loop."""
+        if self._retry is None:
+            loop = asyncio.get_running_loop()
+            self._retry = loop.call_later(_RETRY_DELAY, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        self.fill()
+
     async def shutdown(self) -> None:
-        """Stop refilling and shut every pooled kernel down."""
+        """Stop refilling and shut every pooled kernel down, the ones still starting too."""
         self._closed = True
-        for task in list(self._tasks):
-            task.cancel()
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        # Kernels still starting are waited for, not cancelled: a start cancelled half-way
+        # leaves a kernel process that nobody owns. Each one sees the pool closed and stops.
         await asyncio.gather(*self._tasks, return_exceptions=True)
         connections = [c for ready in self._ready.values() for c in ready]
         for ready in self._ready.values():
