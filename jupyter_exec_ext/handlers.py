@@ -35,15 +35,33 @@ class AgentSessionsAPIHandler(APIHandler):
 
     def validated_body(self, schema_name: str, *, required: bool = True) -> dict[str, Any]:
         """The request's JSON body checked against the spec's ``schema_name``, or a 400."""
-        body = self.get_json_body()
-        if body is None:
+        if not self.request.body.strip():
             if required:
                 raise web.HTTPError(400, "The request needs a JSON body")
-            body = {}
+            return {}
+        # Parsed here rather than by get_json_body, which answers 500 to bytes that are not
+        # UTF-8 and logs every typo as a server error. A body that is there is validated
+        # whatever it holds: a JSON ``null`` is not an object.
+        try:
+            body = json.loads(self.request.body)
+        except (ValueError, RecursionError) as e:
+            raise web.HTTPError(400, f"Invalid JSON in the request body: {e}") from e
         problem = validation_error(schema_name, body)
         if problem:
             raise web.HTTPError(400, f"Invalid request body: {problem}")
         return body
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """JSON errors as jupyter_server writes them; a 405 also says which methods exist."""
+        if status_code == 405:
+            # Not vars(type(self)): subclasses (Kernel Gateway's wrappers) inherit the methods.
+            allowed = [
+                m.upper()
+                for m in ("get", "post", "delete")
+                if getattr(type(self), m) is not getattr(web.RequestHandler, m)
+            ]
+            self.set_header("Allow", ", ".join(allowed))
+        super().write_error(status_code, **kwargs)
 
     def finish_json(self, model: Any, status: int = 200) -> None:
         """Answer with ``model`` as JSON."""

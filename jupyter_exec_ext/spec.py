@@ -38,4 +38,9 @@ def validation_error(schema_name: str, instance: Any) -> str | None:
     if error is None:
         return None
     where = ".".join(str(part) for part in error.absolute_path)
-    return f"{where}: {error.message}" if where else error.message
+    message = f"{where}: {error.message}" if where else error.message
+    # A pattern says little to a person; the field's description says what is allowed.
+    description = error.schema.get("description") if isinstance(error.schema, dict) else None
+    if error.validator == "pattern" and description:
+        message += f". {description}"
+    return message

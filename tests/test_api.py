@@ -153,8 +153,8 @@ async def test_token_in_query_is_accepted(api: Api, jp_serverapp: Any) -> None:
         ("[1, 2]", "not of type 'object'"),
         ('{"kernel_name": 3}', "kernel_name"),
         ('{"name": ["a"]}', "name"),
-        ('{"name": "../escape"}', "Invalid session name"),
-        ('{"name": ""}', "Invalid session name"),
+        ('{"name": "../escape"}', "1 to 64 letters, digits"),
+        ('{"name": ""}', "1 to 64 letters, digits"),
         ('{"kernle_name": "python3"}', "kernle_name"),
     ],
 )
