@@ -1,0 +1,53 @@
+"""jupyter_exec_client: run code in stateful Jupyter kernels, the way AutoGen's executor does.
+
+A light client (only ``requests``) for the agent-session API of the ``jupyter_exec_ext``
+server extension::
+
+    from jupyter_exec_client import JupyterCodeExecutor, LocalJupyterServer, CodeBlock
+
+    with LocalJupyterServer() as server, JupyterCodeExecutor(server) as executor:
+        result = executor.execute_code_blocks([CodeBlock("x = 6 * 7\\nprint(x)", "python")])
+        print(result.exit_code, result.output)
+"""
+
+from __future__ import annotations
+
+from ._version import __version__
+from .blocks import CodeBlock, IPythonCodeResult, MarkdownCodeExtractor
+from .connection import JupyterConnectable, JupyterConnectionInfo
+from .errors import (
+    APIError,
+    AuthenticationError,
+    ExecutorClosedError,
+    ExtensionMissingError,
+    JupyterExecError,
+    ServerConnectionError,
+    ServerStartError,
+    SessionNotFoundError,
+    UnknownKernelError,
+)
+from .executor import AsyncJupyterCodeExecutor, JupyterCodeExecutor
+from .local_server import LocalJupyterServer
+from .prompts import SYSTEM_MESSAGE
+
+__all__ = [
+    "SYSTEM_MESSAGE",
+    "APIError",
+    "AsyncJupyterCodeExecutor",
+    "AuthenticationError",
+    "CodeBlock",
+    "ExecutorClosedError",
+    "ExtensionMissingError",
+    "IPythonCodeResult",
+    "JupyterCodeExecutor",
+    "JupyterConnectable",
+    "JupyterConnectionInfo",
+    "JupyterExecError",
+    "LocalJupyterServer",
+    "MarkdownCodeExtractor",
+    "ServerConnectionError",
+    "ServerStartError",
+    "SessionNotFoundError",
+    "UnknownKernelError",
+    "__version__",
+]

@@ -1,0 +1,237 @@
+"""The agent-session REST API without I/O: what to send, and what the answers mean.
+
+Every API call is a *flow*: a generator that yields the :class:`Request` to send, is sent
+back the :class:`Response`, and returns the decoded answer or raises an error of
+:mod:`jupyter_exec_client.errors`. A transport (see :mod:`jupyter_exec_client._transport`)
+drives flows, with blocking I/O for the sync executor and from a thread for the async one,
+so the protocol lives here once for both.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TypeAlias, TypeVar
+from urllib.parse import quote
+
+from .connection import JupyterConnectionInfo
+from .errors import (
+    APIError,
+    AuthenticationError,
+    ExtensionMissingError,
+    JupyterExecError,
+    SessionNotFoundError,
+    UnknownKernelError,
+)
+
+T = TypeVar("T")
+
+#: Seconds to wait for an answer to a quick call (list, get, delete, interrupt).
+DEFAULT_READ_TIMEOUT = 30.0
+#: Seconds to wait for a call that may start a kernel (the server gives one 60 s by default).
+KERNEL_START_READ_TIMEOUT = 120.0
+#: Extra seconds an execute call waits beyond its own timeout: the server interrupts the
+#: kernel when the timeout passes and answers with the output so far, so it must be heard.
+EXECUTE_READ_MARGIN = 30.0
+
+SESSIONS_PATH = "api/agent-sessions"
+_UNKNOWN_KERNEL = re.compile(r"Unknown kernel_name .*?; available kernels: (?P<kernels>.*)$")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request to the server.
+
+    ``path`` is relative to the server's base URL, or starts with ``/`` when it already
+    includes the base path (file URLs in execution results do). With ``save_to``, a 200
+    answer's body is streamed into that file instead of being held in memory.
+    """
+
+    method: str
+    path: str
+    body: dict[str, Any] | None = None
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    save_to: Path | None = None
+
+
+@dataclass(frozen=True)
+class Response:
+    """The server's answer: the status, the reason phrase and the body (empty when saved).
+
+    ``location`` is where a redirect points (a proxy sending an unauthenticated request to
+    its login page, for instance).
+    """
+
+    status: int
+    body: bytes = b""
+    reason: str = ""
+    location: str = ""
+
+
+#: A call in progress: yields requests, is sent their responses, returns the result.
+Flow: TypeAlias = Generator[Request, Response, T]
+
+
+class AgentSessionsAPI:
+    """The calls of the agent-session API on one server, as flows."""
+
+    def __init__(self, connection_info: JupyterConnectionInfo) -> None:
+        """Build requests for the server of ``connection_info``."""
+        self.connection_info = connection_info
+
+    def create_session(self, kernel_name: str, name: str | None = None) -> Flow[dict[str, Any]]:
+        """Start a session with a kernel of its own; return its model."""
+        body: dict[str, Any] = {"kernel_name": kernel_name}
+        if name is not None:
+            body["name"] = name
+        request = Request("POST", SESSIONS_PATH, body, read_timeout=KERNEL_START_READ_TIMEOUT)
+        response = yield request
+        if response.status == 400:
+            match = _UNKNOWN_KERNEL.match(_server_message(response))
+            if match:
+                raise UnknownKernelError(
+                    kernel_name,
+                    [k.strip() for k in match["kernels"].split(",") if k.strip()],
+                    match[0],
+                    method=request.method,
+                    url=self.connection_info.url(request.path),
+                )
+        return _json_object((yield from self._checked(request, response)))
+
+    def list_sessions(self) -> Flow[list[dict[str, Any]]]:
+        """The models of the server's live sessions, oldest first."""
+        request = Request("GET", SESSIONS_PATH)
+        answer = yield from self._checked(request, (yield request))
+        if not isinstance(answer, list):
+            raise self._malformed(request, answer)
+        return answer
+
+    def get_session(self, session_id: str) -> Flow[dict[str, Any]]:
+        """The model of one session."""
+        request = Request("GET", _session_path(session_id))
+        return _json_object((yield from self._checked(request, (yield request))))
+
+    def delete_session(self, session_id: str) -> Flow[None]:
+        """Delete a session: its kernel is shut down."""
+        request = Request(
+            "DELETE", _session_path(session_id), read_timeout=KERNEL_START_READ_TIMEOUT
+        )
+        yield from self._checked(request, (yield request))
+
+    def execute(self, session_id: str, code: str, timeout: float) -> Flow[dict[str, Any]]:
+        """Run ``code``; the server interrupts it after ``timeout`` seconds."""
+        request = Request(
+            "POST",
+            _session_path(session_id, "execute"),
+            {"code": code, "timeout": timeout},
+            read_timeout=timeout + EXECUTE_READ_MARGIN,
+        )
+        return _json_object((yield from self._checked(request, (yield request))))
+
+    def interrupt(self, session_id: str) -> Flow[None]:
+        """Interrupt the code the session is running."""
+        request = Request("POST", _session_path(session_id, "interrupt"))
+        yield from self._checked(request, (yield request))
+
+    def restart(self, session_id: str) -> Flow[dict[str, Any]]:
+        """Give the session a fresh kernel; return its model."""
+        request = Request(
+            "POST", _session_path(session_id, "restart"), read_timeout=KERNEL_START_READ_TIMEOUT
+        )
+        return _json_object((yield from self._checked(request, (yield request))))
+
+    def download(self, url: str, path: Path) -> Flow[None]:
+        """Save the file at ``url`` (as an execution result lists it) to ``path``."""
+        request = Request("GET", url, save_to=path)
+        yield from self._checked(request, (yield request))
+
+    # -- answers -------------------------------------------------------------------------
+
+    def _checked(self, request: Request, response: Response) -> Flow[Any]:
+        """The decoded JSON of a successful answer (None when empty); errors raised."""
+        if 300 <= response.status < 400:
+            raise APIError(
+                response.status,
+                f"redirected to {response.location or 'another page'}: check the URL, its base "
+                "path and the token",
+                method=request.method,
+                url=self.connection_info.url(request.path),
+            )
+        if response.status < 300:
+            if not response.body:
+                return None
+            try:
+                return json.loads(response.body)
+            except ValueError:
+                raise self._malformed(request, response.body[:200]) from None
+        url = self.connection_info.url(request.path)
+        message = _server_message(response)
+        if response.status in (401, 403):
+            raise AuthenticationError(response.status, message, method=request.method, url=url)
+        if response.status == 404:
+            if request.path.rstrip("/") == SESSIONS_PATH:
+                yield from self._explain_missing_api(request)
+            if request.path.startswith(SESSIONS_PATH + "/") and "/files/" not in request.path:
+                raise SessionNotFoundError(404, message, method=request.method, url=url)
+        raise APIError(response.status, message, method=request.method, url=url)
+
+    def _explain_missing_api(self, request: Request) -> Flow[NoReturn]:
+        """Raise ExtensionMissingError, saying whether a Jupyter server is there at all."""
+        base_url = self.connection_info.base_url
+        probe = Request("GET", "api")
+        try:
+            answer = yield probe
+            version = json.loads(answer.body).get("version") if answer.status == 200 else None
+        except (JupyterExecError, ValueError, AttributeError):
+            version = None
+        if version:
+            explanation = (
+                f"The Jupyter server at {base_url} (jupyter_server {version}) has no "
+                "agent-session API: install the jupyter-exec-ext extension into the server's "
+                "environment and restart the server (`jupyter server extension list` shows "
+                "whether it is enabled)."
+            )
+        else:
+            explanation = (
+                f"No Jupyter server with the agent-session API answers at {base_url}: check "
+                "the URL and its base path, and that the jupyter-exec-ext extension is "
+                "installed in the server's environment."
+            )
+        raise ExtensionMissingError(
+            explanation, method=request.method, url=self.connection_info.url(request.path)
+        )
+
+    def _malformed(self, request: Request, answer: Any) -> APIError:
+        return APIError(
+            200,
+            f"unexpected answer from the server: {answer!r:.200}",
+            method=request.method,
+            url=self.connection_info.url(request.path),
+        )
+
+
+def _session_path(session_id: str, *action: str) -> str:
+    return "/".join([SESSIONS_PATH, quote(session_id, safe=""), *action])
+
+
+def _json_object(answer: Any) -> dict[str, Any]:
+    if not isinstance(answer, dict):
+        raise APIError(200, f"the server answered {answer!r:.200} where an object was expected")
+    return answer
+
+
+def _server_message(response: Response) -> str:
+    """The server's JSON ``message``; else the start of the body, else the reason phrase."""
+    try:
+        message = json.loads(response.body).get("message")
+    except (ValueError, AttributeError):
+        message = None
+    if isinstance(message, str) and message:
+        return message
+    text = response.body.decode("utf-8", "replace").strip()
+    if text and not text.lstrip().startswith("<"):
+        return text[:300]
+    return response.reason or "no message"

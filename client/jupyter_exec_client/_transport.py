@@ -1,0 +1,146 @@
+"""HTTP for the API flows: one kept-alive ``requests.Session``, driven blocking or from a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import TypeVar
+
+import requests
+
+from ._api import Flow, Request, Response
+from .connection import JupyterConnectionInfo
+from .errors import JupyterExecError, ServerConnectionError
+
+T = TypeVar("T")
+
+#: Seconds to wait for the TCP (and TLS) connection to the server.
+CONNECT_TIMEOUT = 10.0
+_CHUNK_SIZE = 1 << 20
+# The useful part of requests' and urllib3's nested error texts: "[Errno 111] Connection
+# refused", "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: ...".
+_OS_ERROR = re.compile(r"\[Errno -?\d+\] ([^'\")]+)|(\[SSL[^\]]*\][^'\")]+)")
+
+
+class SyncTransport:
+    """Sends requests to one server over one kept-alive connection.
+
+    The connection (a ``requests.Session``) is opened on the first request and closed by
+    :meth:`close`; a later request opens it again.
+    """
+
+    def __init__(self, connection_info: JupyterConnectionInfo) -> None:
+        """Talk to the server of ``connection_info`` with its token."""
+        self.connection_info = connection_info
+        self._session: requests.Session | None = None
+
+    def _http(self) -> requests.Session:
+        if self._session is None:
+            session = requests.Session()
+            if self.connection_info.token:
+                session.headers["Authorization"] = f"token {self.connection_info.token}"
+            session.verify = self.connection_info.verify
+            self._session = session
+        return self._session
+
+    def send(self, request: Request) -> Response:
+        """Send ``request`` and return the answer; raise ServerConnectionError when none came."""
+        url = self.connection_info.url(request.path)
+        try:
+            answer = self._http().request(
+                request.method,
+                url,
+                json=request.body,
+                timeout=(CONNECT_TIMEOUT, request.read_timeout),
+                stream=request.save_to is not None,
+                allow_redirects=False,
+            )
+        except requests.ConnectTimeout as e:
+            raise ServerConnectionError(url, f"no connection within {CONNECT_TIMEOUT:g} s") from e
+        except requests.ReadTimeout as e:
+            raise ServerConnectionError(
+                url, f"the server did not answer within {request.read_timeout:g} s"
+            ) from e
+        except requests.RequestException as e:
+            raise ServerConnectionError(url, _reason(e)) from e
+        with answer:
+            if request.save_to is not None and answer.status_code == 200:
+                self._save(answer, request, url)
+                return Response(200, b"", answer.reason)
+            try:
+                body = answer.content
+            except requests.RequestException as e:
+                raise ServerConnectionError(url, _reason(e)) from e
+            return Response(
+                answer.status_code,
+                body,
+                answer.reason or "",
+                answer.headers.get("Location", ""),
+            )
+
+    @staticmethod
+    def _save(answer: requests.Response, request: Request, url: str) -> None:
+        """Stream the body into ``request.save_to``; leave no partial file behind."""
+        assert request.save_to is not None
+        try:
+            with request.save_to.open("xb") as file:
+                for chunk in answer.iter_content(_CHUNK_SIZE):
+                    file.write(chunk)
+        except BaseException as e:
+            request.save_to.unlink(missing_ok=True)
+            if isinstance(e, requests.RequestException):
+                raise ServerConnectionError(url, _reason(e)) from e
+            raise
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+
+def run_sync(flow: Flow[T], transport: SyncTransport) -> T:
+    """Drive ``flow`` to its end with blocking requests; return its result."""
+    try:
+        request = next(flow)
+        while True:
+            try:
+                response = transport.send(request)
+            except JupyterExecError as error:
+                # The flow decides: some calls expect a failure (a probe) and go on.
+                request = flow.throw(error)
+            else:
+                request = flow.send(response)
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+    finally:
+        # A call ended by KeyboardInterrupt leaves the flow suspended: run its cleanup now.
+        flow.close()
+
+
+async def run_async(flow: Flow[T], transport: SyncTransport) -> T:
+    """Drive ``flow`` to its end, each blocking request in a worker thread."""
+    try:
+        request = next(flow)
+        while True:
+            try:
+                response = await asyncio.to_thread(transport.send, request)
+            except JupyterExecError as error:
+                request = flow.throw(error)
+            else:
+                request = flow.send(response)
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+    finally:
+        # A cancelled call leaves the flow suspended: run its cleanup now.
+        flow.close()
+
+
+def _reason(error: Exception) -> str:
+    text = str(error)
+    match = _OS_ERROR.search(text)
+    if match:
+        return (match[1] or match[2]).strip()
+    return text[:300] or type(error).__name__

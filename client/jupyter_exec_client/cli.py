@@ -1,0 +1,318 @@
+"""The ``jupyter-exec`` command: run a script cell by cell in a fresh session, list sessions."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+from ._api import AgentSessionsAPI
+from ._transport import SyncTransport, run_sync
+from .blocks import CodeBlock
+from .connection import JupyterConnectable, JupyterConnectionInfo
+from .errors import JupyterExecError
+from .executor import JupyterCodeExecutor
+from .local_server import LocalJupyterServer
+
+#: ``# %%`` starts a cell (the "percent" format of VS Code, Spyder, PyCharm and jupytext).
+_CELL_MARKER = re.compile(r"^#\s*%%(?P<title>.*)$")
+_MARKDOWN_CELL = re.compile(r"\[(markdown|md)\]")
+#: Seconds a cell runs before the elapsed-time ticker shows, and between two updates.
+_TICKER_DELAY = 1.0
+_TICKER_INTERVAL = 0.25
+
+EXIT_OK = 0
+EXIT_CELL_FAILED = 1
+EXIT_ERROR = 2
+
+
+@dataclass
+class Cell:
+    """A cell of a script: its code and the line it starts on."""
+
+    code: str
+    line: int
+
+
+def split_cells(source: str) -> list[Cell]:
+    """The code cells of ``source``, split on ``# %%`` lines.
+
+    Markdown cells (``# %% [markdown]``) and cells of only comments and blank lines are left
+    out; a cell's line is that of its first non-blank line.
+    """
+    cells: list[Cell] = []
+    lines: list[str] = []
+    first_line, is_markdown = 1, False
+
+    def close_cell() -> None:
+        if is_markdown:
+            return
+        if all(not text.strip() or text.lstrip().startswith("#") for text in lines):
+            return  # only comments: nothing to run
+        for offset, text in enumerate(lines):
+            if text.strip():  # the cell starts at its first non-blank line
+                cells.append(Cell("\n".join(lines[offset:]).rstrip(), first_line + offset))
+                return
+
+    for number, line in enumerate(source.splitlines(), start=1):
+        marker = _CELL_MARKER.match(line)
+        if marker is None:
+            lines.append(line)
+            continue
+        close_cell()
+        lines, first_line = [], number + 1
+        is_markdown = bool(_MARKDOWN_CELL.search(marker["title"]))
+    close_cell()
+    return cells
+
+
+class ElapsedTicker:
+    """Shows how long a cell has been running on a terminal; shows nothing elsewhere."""
+
+    def __init__(self, label: str, stream: IO[str]) -> None:
+        """Write ``label`` and the elapsed seconds to ``stream`` while the block runs."""
+        self.label = label
+        self.stream = stream
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._shown = False
+
+    def __enter__(self) -> ElapsedTicker:
+        """Start ticking when the stream is a terminal."""
+        if self.stream.isatty():
+            self._thread = threading.Thread(target=self._tick, name="jupyter-exec-ticker")
+            self._thread.daemon = True
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Stop ticking and clear the line."""
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+    def _tick(self) -> None:
+        started = time.monotonic()
+        if self._done.wait(_TICKER_DELAY):
+            return
+        while True:
+            self._shown = True
+            self.stream.write(f"\r\x1b[K{self.label}: {time.monotonic() - started:.0f} s")
+            self.stream.flush()
+            if self._done.wait(_TICKER_INTERVAL):
+                return
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``jupyter-exec``."""
+    parser = argparse.ArgumentParser(
+        prog="jupyter-exec",
+        description="Run Python in a stateful Jupyter kernel through the agent-session API.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    server = argparse.ArgumentParser(add_help=False)
+    server.add_argument(
+        "--url",
+        default=os.environ.get("JUPYTER_EXEC_URL"),
+        help="a running Jupyter server with the agent-session API, such as "
+        "http://127.0.0.1:8888/ (default: $JUPYTER_EXEC_URL)",
+    )
+    server.add_argument(
+        "--token",
+        default=os.environ.get("JUPYTER_EXEC_TOKEN"),
+        help="the server's token (default: $JUPYTER_EXEC_TOKEN; prefer it: other users can "
+        "read command lines)",
+    )
+
+    run = commands.add_parser(
+        "run",
+        parents=[server],
+        help="run a file cell by cell (cells split on '# %%' lines) in a fresh session",
+        description="Run a file cell by cell in one fresh session and print each cell's "
+        "output as it finishes. Without --url a local server is started for the run. The "
+        "exit status is 1 when a cell fails (later cells are not run).",
+    )
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("file", nargs="?", help="the Python file to run ('-' for stdin)")
+    source.add_argument("-c", dest="code", metavar="CODE", help="run CODE as one cell")
+    run.add_argument(
+        "--output-dir",
+        default=".",
+        help="where images and HTML are saved (default: the current directory)",
+    )
+    run.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="seconds a cell may run before it is interrupted (default: 300)",
+    )
+    run.add_argument("--kernel", default="python3", help="the kernel name (default: python3)")
+    run.add_argument(
+        "--log-file",
+        help="keep the log of the local server in this file (default: not kept)",
+    )
+    run.set_defaults(handler=_run)
+
+    sessions = commands.add_parser(
+        "sessions", parents=[server], help="list the agent sessions of a running server"
+    )
+    sessions.add_argument("--json", action="store_true", help="print the session models as JSON")
+    sessions.set_defaults(handler=_sessions)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with _sigterm_as_exit():
+        try:
+            status: int = args.handler(args, parser)
+        except JupyterExecError as e:
+            print(f"jupyter-exec: error: {e}", file=sys.stderr)
+            return EXIT_ERROR
+        except KeyboardInterrupt:
+            print("jupyter-exec: interrupted", file=sys.stderr)
+            return 130
+    return status
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.code is not None:
+        cells = [Cell(args.code, 1)]
+    else:
+        cells = split_cells(_read_source(args.file, parser))
+    if not Path(args.output_dir).is_dir():
+        parser.error(f"--output-dir {args.output_dir!r} is not a directory")
+    if args.timeout < 1:
+        parser.error("--timeout must be at least 1 second")
+    with contextlib.ExitStack() as stack:
+        if args.url:
+            connection: JupyterConnectable | JupyterConnectionInfo = _connection_info(args, parser)
+        else:
+            connection = stack.enter_context(_embedded_server(args.log_file))
+        executor = stack.enter_context(
+            JupyterCodeExecutor(
+                connection,
+                kernel_name=args.kernel,
+                timeout=args.timeout,
+                output_dir=args.output_dir,
+            )
+        )
+        if not args.url:
+            # The embedded server's sessions work in its temporary folder; code run from
+            # the command line expects the folder it was started in, as `python FILE` does.
+            executor.execute_code_blocks(
+                [CodeBlock(f"import os as _os\n_os.chdir({os.getcwd()!r})\ndel _os")]
+            )
+        return _run_cells(executor, cells)
+    return EXIT_OK  # pragma: no cover - the with block returns
+
+
+def _run_cells(executor: JupyterCodeExecutor, cells: list[Cell]) -> int:
+    for number, cell in enumerate(cells, start=1):
+        where = f"cell {number}/{len(cells)} (line {cell.line})"
+        if len(cells) > 1:
+            print(f"--- {where} ---", file=sys.stderr, flush=True)
+        with ElapsedTicker(f"running {where}", sys.stderr):
+            result = executor.execute_code_blocks([CodeBlock(cell.code, "python")])
+        if result.output:
+            print(result.output, flush=True)
+        if result.exit_code != 0:
+            print(f"jupyter-exec: {where} failed", file=sys.stderr)
+            return EXIT_CELL_FAILED
+    return EXIT_OK
+
+
+def _sessions(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if not args.url:
+        parser.error("sessions needs the server: give --url (or set JUPYTER_EXEC_URL)")
+    info = _connection_info(args, parser)
+    transport = SyncTransport(info)
+    try:
+        models = run_sync(AgentSessionsAPI(info).list_sessions(), transport)
+    finally:
+        transport.close()
+    if args.json:
+        print(json.dumps(models, indent=2))
+        return EXIT_OK
+    if not models:
+        print("No agent sessions.")
+        return EXIT_OK
+    columns = ("id", "name", "kernel_name", "status", "execution_count", "last_activity")
+    rows = [[str(model.get(column, "")) for column in columns] for model in models]
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
+    for row in [list(columns), *rows]:
+        cells = (value.ljust(width) for value, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
+    return EXIT_OK
+
+
+def _connection_info(
+    args: argparse.Namespace, parser: argparse.ArgumentParser
+) -> JupyterConnectionInfo:
+    try:
+        return JupyterConnectionInfo.from_url(args.url, token=args.token)
+    except ValueError as e:
+        parser.error(str(e))
+
+
+@contextlib.contextmanager
+def _embedded_server(log_file: str | None) -> Iterator[LocalJupyterServer]:
+    """A local server for one run, in a temporary folder removed with it."""
+    with (
+        tempfile.TemporaryDirectory(prefix="jupyter-exec-") as root,
+        LocalJupyterServer(
+            root_dir=root,
+            log_file=log_file or Path(root, "server.log"),
+            # One session: kernels started ahead of time would only compete for the CPU.
+            kernel_pool=0,
+        ) as server,
+    ):
+        yield server
+
+
+def _read_source(file: str, parser: argparse.ArgumentParser) -> str:
+    if file == "-":
+        return sys.stdin.read()
+    try:
+        return Path(file).read_text(encoding="utf-8")
+    except OSError as e:
+        parser.error(f"cannot read {file}: {e.strerror or e}")
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """Let SIGTERM unwind like Ctrl-C, so the local server and session are stopped."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

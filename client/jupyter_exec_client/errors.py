@@ -1,0 +1,123 @@
+"""The exceptions of jupyter_exec_client: one tree with one root, :class:`JupyterExecError`.
+
+::
+
+    JupyterExecError
+    ├── ServerConnectionError      (also ConnectionError) the server cannot be reached
+    ├── APIError                   the server answered with an HTTP error
+    │   ├── AuthenticationError    401/403: a missing or wrong token
+    │   ├── ExtensionMissingError  404: the server has no agent-session API
+    │   ├── SessionNotFoundError   404: the agent session is gone
+    │   └── UnknownKernelError     (also ValueError) no kernel of that name
+    ├── ExecutorClosedError        (also RuntimeError) the executor was stopped
+    └── ServerStartError           (also RuntimeError) a LocalJupyterServer failed to start
+
+Arguments that are wrong before anything is sent (a missing ``output_dir``, a timeout below
+1 second) raise a plain :class:`ValueError`, as AutoGen's executor does.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "ExecutorClosedError",
+    "ExtensionMissingError",
+    "JupyterExecError",
+    "ServerConnectionError",
+    "ServerStartError",
+    "SessionNotFoundError",
+    "UnknownKernelError",
+]
+
+
+class JupyterExecError(Exception):
+    """The root of every error this package raises on purpose."""
+
+
+class ServerConnectionError(JupyterExecError, ConnectionError):
+    """The Jupyter server could not be reached, or did not answer in time."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        """Say which ``url`` failed and why."""
+        super().__init__(f"Cannot reach the Jupyter server at {url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class APIError(JupyterExecError):
+    """The server answered a request with an HTTP error status.
+
+    ``status`` is the HTTP status and ``message`` the server's own message; ``str(error)``
+    adds the request and, for the subclasses, what to do about it.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        method: str = "",
+        url: str = "",
+        explanation: str | None = None,
+    ) -> None:
+        """Keep the HTTP ``status``, the server's ``message`` and the request."""
+        request = f"{method} {url} " if method else ""
+        super().__init__(explanation or f"{request}failed with HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+        self.method = method
+        self.url = url
+
+
+class AuthenticationError(APIError):
+    """The server refused the request: the token is missing or wrong (HTTP 401 or 403)."""
+
+    def __init__(self, status: int, message: str, *, method: str = "", url: str = "") -> None:
+        """Explain what to check, keeping the server's ``message``."""
+        super().__init__(
+            status,
+            message,
+            method=method,
+            url=url,
+            explanation=f"The Jupyter server refused {method} {url} (HTTP {status}: {message}): "
+            "the token is missing or wrong, or the server's authorizer forbids the request.",
+        )
+
+
+class ExtensionMissingError(APIError):
+    """The server answers, but has no agent-session API (the extension is not installed)."""
+
+    def __init__(self, explanation: str, *, method: str = "", url: str = "") -> None:
+        """Keep the ``explanation`` of what is there instead and what to install."""
+        super().__init__(404, "Not Found", method=method, url=url, explanation=explanation)
+
+
+class SessionNotFoundError(APIError):
+    """The agent session no longer exists (deleted, culled, or the server restarted)."""
+
+
+class UnknownKernelError(APIError, ValueError):
+    """The server has no kernel of the requested name; ``available_kernels`` lists those it has."""
+
+    def __init__(
+        self,
+        kernel_name: str,
+        available_kernels: list[str],
+        message: str,
+        *,
+        method: str = "",
+        url: str = "",
+    ) -> None:
+        """Keep the requested ``kernel_name`` and the ``available_kernels``."""
+        super().__init__(400, message, method=method, url=url, explanation=message)
+        self.kernel_name = kernel_name
+        self.available_kernels = available_kernels
+
+
+class ExecutorClosedError(JupyterExecError, RuntimeError):
+    """The executor was stopped; it has no agent session to run code in."""
+
+
+class ServerStartError(JupyterExecError, RuntimeError):
+    """A :class:`~jupyter_exec_client.LocalJupyterServer` could not be started."""

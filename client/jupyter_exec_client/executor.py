@@ -1,0 +1,217 @@
+"""The executors: AutoGen's ``JupyterCodeExecutor`` API, blocking and async, on one core."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from os import PathLike
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from ._api import Flow
+from ._executor_core import ExecutorCore
+from ._transport import SyncTransport, run_async, run_sync
+from .blocks import CodeBlockLike, IPythonCodeResult, MarkdownCodeExtractor
+from .connection import JupyterConnectable, JupyterConnectionInfo, as_connection_info
+from .errors import JupyterExecError
+
+__all__ = ["AsyncJupyterCodeExecutor", "JupyterCodeExecutor"]
+
+T = TypeVar("T")
+
+
+class _ExecutorBase:
+    """What both faces share: the arguments, the core, the transport, the read-only state."""
+
+    def __init__(
+        self,
+        jupyter_server: JupyterConnectable | JupyterConnectionInfo,
+        kernel_name: str = "python3",
+        timeout: int | float = 60,
+        output_dir: str | PathLike[str] = ".",
+    ) -> None:
+        """Check the arguments and prepare the connection; nothing is sent yet."""
+        self._core = ExecutorCore(
+            as_connection_info(jupyter_server), kernel_name, timeout, output_dir
+        )
+        # Holding the server keeps a LocalJupyterServer passed inline alive (and running)
+        # as long as its executor.
+        self._jupyter_server = jupyter_server
+        self._transport = SyncTransport(self._core.connection_info)
+        self._code_extractor = MarkdownCodeExtractor()
+
+    @property
+    def code_extractor(self) -> MarkdownCodeExtractor:
+        """Finds the markdown code blocks in an agent's message."""
+        return self._code_extractor
+
+    @property
+    def connection_info(self) -> JupyterConnectionInfo:
+        """The server the executor's session lives on."""
+        return self._core.connection_info
+
+    @property
+    def kernel_name(self) -> str:
+        """The kernel spec of the session's kernel."""
+        return self._core.kernel_name
+
+    @property
+    def timeout(self) -> float:
+        """Seconds a code block may run before the server interrupts it."""
+        return self._core.timeout
+
+    @property
+    def output_dir(self) -> Path:
+        """The folder images, HTML and full texts are saved to (absolute)."""
+        return self._core.output_dir
+
+    @property
+    def session_id(self) -> str | None:
+        """The id of the executor's agent session on the server (None when it has none)."""
+        return self._core.session_id
+
+    @property
+    def closed(self) -> bool:
+        """Whether the executor was stopped."""
+        return self._core.state == "closed"
+
+
+class JupyterCodeExecutor(_ExecutorBase):
+    """Runs code blocks in a stateful kernel of its own on a Jupyter server (blocking).
+
+    The agent session is created at construction and deleted by :meth:`stop` (or at the
+    end of a ``with`` block). ``jupyter_server`` is a :class:`LocalJupyterServer`, anything
+    with a ``connection_info``, or a :class:`JupyterConnectionInfo`. ``timeout`` (seconds, at
+    least 1) limits each block: the server interrupts it and the result keeps what it
+    printed. Rich outputs are saved into ``output_dir``, which must exist.
+    """
+
+    def __init__(
+        self,
+        jupyter_server: JupyterConnectable | JupyterConnectionInfo,
+        kernel_name: str = "python3",
+        timeout: int | float = 60,
+        output_dir: str | PathLike[str] = ".",
+    ) -> None:
+        """Check the arguments and create the agent session on the server."""
+        super().__init__(jupyter_server, kernel_name, timeout, output_dir)
+        try:
+            self._run(self._core.start())
+        except BaseException:
+            self._transport.close()
+            raise
+
+    def _run(self, flow: Flow[T]) -> T:
+        return run_sync(flow, self._transport)
+
+    def execute_code_blocks(self, code_blocks: Iterable[CodeBlockLike]) -> IPythonCodeResult:
+        """Run the blocks in order; ``exit_code`` is 0 when all succeeded, else 1.
+
+        After a failing block the rest are not run; the output of the earlier ones is kept.
+        """
+        return self._run(self._core.execute_code_blocks(code_blocks))
+
+    def restart(self) -> None:
+        """Give the session a fresh kernel: every variable is gone."""
+        self._run(self._core.restart())
+
+    def interrupt(self) -> None:
+        """Interrupt the running code (call it from another thread)."""
+        self._run(self._core.interrupt())
+
+    def start(self) -> None:
+        """Open a new agent session after :meth:`stop` (the constructor opens the first)."""
+        self._run(self._core.start())
+
+    def stop(self) -> None:
+        """Delete the agent session and close the connection; calling it again does nothing."""
+        try:
+            self._run(self._core.stop())
+        finally:
+            self._transport.close()
+
+    def __enter__(self) -> JupyterCodeExecutor:
+        """The executor itself; its session is deleted when the block ends."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Stop the executor."""
+        self.stop()
+
+
+class AsyncJupyterCodeExecutor(_ExecutorBase):
+    """The same executor for asyncio code, shaped like autogen-ext's ``CodeExecutor``.
+
+    Nothing is sent before :meth:`start` (or ``async with``, or the first execution).
+    Cancelling :meth:`execute_code_blocks` (or its ``cancellation_token``) interrupts the
+    kernel, so the session is free again at once.
+    """
+
+    async def _run(self, flow: Flow[T]) -> T:
+        return await run_async(flow, self._transport)
+
+    async def start(self) -> None:
+        """Create the agent session (a new one after :meth:`stop`)."""
+        await self._run(self._core.start())
+
+    async def execute_code_blocks(
+        self, code_blocks: Iterable[CodeBlockLike], cancellation_token: Any = None
+    ) -> IPythonCodeResult:
+        """Run the blocks in order; ``exit_code`` is 0 when all succeeded, else 1.
+
+        ``cancellation_token`` is an autogen-core ``CancellationToken`` (anything with
+        ``link_future``); cancelling it cancels the call and interrupts the kernel.
+        """
+        task = asyncio.ensure_future(self._run(self._core.execute_code_blocks(list(code_blocks))))
+        if cancellation_token is not None:
+            cancellation_token.link_future(task)
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            await self._interrupt_after_cancel()
+            raise
+        return result
+
+    async def _interrupt_after_cancel(self) -> None:
+        """Stop the abandoned code, so the session is not busy with it for its whole timeout."""
+        if self._core.state != "open":
+            return
+        # The call is cancelled either way; a failed interrupt only delays the next call.
+        with contextlib.suppress(JupyterExecError):
+            await self._run(self._core.interrupt())
+
+    async def restart(self) -> None:
+        """Give the session a fresh kernel: every variable is gone."""
+        await self._run(self._core.restart())
+
+    async def interrupt(self) -> None:
+        """Interrupt the running code."""
+        await self._run(self._core.interrupt())
+
+    async def stop(self) -> None:
+        """Delete the agent session and close the connection; calling it again does nothing."""
+        try:
+            await self._run(self._core.stop())
+        finally:
+            self._transport.close()
+
+    async def __aenter__(self) -> AsyncJupyterCodeExecutor:
+        """Start the executor."""
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Stop the executor."""
+        await self.stop()

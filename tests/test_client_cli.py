@@ -1,0 +1,227 @@
+"""The ``jupyter-exec`` command line, run as a real process against real servers."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from jupyter_exec_client import JupyterCodeExecutor, LocalJupyterServer
+from jupyter_exec_client.cli import Cell, split_cells
+
+#: The console script installed with the client, beside this Python.
+JUPYTER_EXEC = Path(sys.executable).with_name("jupyter-exec")
+
+SCRIPT = textwrap.dedent(
+    """\
+    # A script in the percent format.
+    total = sum(range(10))
+
+    # %% printing
+    print("total is", total)
+
+    # %% [markdown]
+    # Not code: skipped.
+
+    # %% plotting
+    import matplotlib.pyplot as plt
+    plt.plot([1, 2, 3])
+    plt.show()
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalJupyterServer]:
+    """One real local server for the module."""
+    root = tmp_path_factory.mktemp("cli-server-root")
+    with LocalJupyterServer(root_dir=root, log_file=root / "server.log") as running:
+        yield running
+
+
+def jupyter_exec(
+    *args: str, server: LocalJupyterServer | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the command; with ``server``, pointed at it through the environment variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER_EXEC_")}
+    if server is not None:
+        info = server.connection_info
+        env["JUPYTER_EXEC_URL"] = info.base_url
+        env["JUPYTER_EXEC_TOKEN"] = info.token or ""
+    return subprocess.run(
+        [str(JUPYTER_EXEC), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=110,
+        check=False,
+    )
+
+
+def test_split_cells_on_percent_lines() -> None:
+    cells = split_cells(SCRIPT)
+    assert [cell.line for cell in cells] == [1, 5, 11]
+    assert cells[0] == Cell("# A script in the percent format.\ntotal = sum(range(10))", 1)
+    assert cells[1].code == 'print("total is", total)'
+    assert cells[2].code.startswith("import matplotlib")
+    assert split_cells("# %%\n\n# %%\n# only a comment\n") == []
+
+
+def test_run_prints_each_cell_and_saves_images(
+    server: LocalJupyterServer, tmp_path: Path
+) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    info = server.connection_info
+    done = jupyter_exec(
+        "run",
+        str(script),
+        "--url",
+        info.base_url,
+        "--token",
+        info.token or "",
+        "--output-dir",
+        str(output_dir),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "total is 45" in done.stdout
+    (image,) = output_dir.iterdir()
+    assert image.suffix == ".png"
+    assert f"Image data saved to {image.resolve()}" in done.stdout
+    assert "cell 3/3 (line 11)" in done.stderr
+    assert "\r" not in done.stderr  # no ticker when stderr is not a terminal
+
+
+def test_run_stops_at_the_failing_cell_with_status_1(
+    server: LocalJupyterServer, tmp_path: Path
+) -> None:
+    script = tmp_path / "failing.py"
+    script.write_text("print('one')\n# %%\nraise ValueError('two')\n# %%\nprint('three')\n")
+    done = jupyter_exec("run", str(script), server=server, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "one" in done.stdout
+    assert "ValueError: two" in done.stdout
+    assert "three" not in done.stdout
+    assert "cell 2/3 (line 3) failed" in done.stderr
+
+
+def test_run_c_runs_one_cell(server: LocalJupyterServer, tmp_path: Path) -> None:
+    done = jupyter_exec("run", "-c", "print(6 * 7)", server=server, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "42\n"
+    timed_out = jupyter_exec(
+        "run", "-c", "import time; time.sleep(60)", "--timeout", "1", server=server, cwd=tmp_path
+    )
+    assert timed_out.returncode == 1
+    assert "timeout of 1 s" in timed_out.stdout
+
+
+def test_run_reads_the_script_from_stdin(server: LocalJupyterServer, tmp_path: Path) -> None:
+    info = server.connection_info
+    done = subprocess.run(
+        [str(JUPYTER_EXEC), "run", "-", "--url", info.base_url, "--token", info.token or ""],
+        input="x = 2\n# %%\nprint(x ** 10)\n",
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "1024\n"
+
+
+def test_sessions_lists_the_sessions_of_a_server(
+    server: LocalJupyterServer, tmp_path: Path
+) -> None:
+    with JupyterCodeExecutor(server, output_dir=tmp_path) as executor:
+        session_id = executor.session_id
+        assert session_id is not None
+        listing = jupyter_exec("sessions", server=server)
+        as_json = jupyter_exec("sessions", "--json", server=server)
+        assert listing.returncode == 0, listing.stderr
+        assert listing.stdout.startswith("id ")
+        assert session_id in listing.stdout
+        assert session_id in as_json.stdout
+    assert session_id not in jupyter_exec("sessions", server=server).stdout
+
+
+def test_command_line_errors(server: LocalJupyterServer, tmp_path: Path) -> None:
+    no_url = jupyter_exec("sessions")
+    assert no_url.returncode == 2
+    assert "--url" in no_url.stderr
+    info = server.connection_info
+    wrong_token = jupyter_exec("run", "-c", "1", "--url", info.base_url, "--token", "wrong")
+    assert wrong_token.returncode == 2
+    assert "jupyter-exec: error: The Jupyter server refused" in wrong_token.stderr
+    missing_dir = jupyter_exec("run", "-c", "1", "--output-dir", str(tmp_path / "nope"))
+    assert missing_dir.returncode == 2
+    assert "is not a directory" in missing_dir.stderr
+
+
+@pytest.mark.slow
+def test_ticker_shows_elapsed_time_on_a_terminal(
+    server: LocalJupyterServer, tmp_path: Path
+) -> None:
+    info = server.connection_info
+    controller, terminal = pty.openpty()
+    try:
+        done = subprocess.run(
+            [
+                str(JUPYTER_EXEC),
+                "run",
+                "-c",
+                "import time; time.sleep(3); print('slept')",
+                "--url",
+                info.base_url,
+                "--token",
+                info.token or "",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            text=True,
+            cwd=tmp_path,
+            timeout=110,
+            check=False,
+        )
+        os.close(terminal)
+        terminal = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal is closed and drained
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        if terminal != -1:
+            os.close(terminal)
+        os.close(controller)
+    assert done.returncode == 0
+    assert done.stdout == "slept\n"
+    assert re.search(rb"running cell 1/1 \(line 1\): \d+ s", shown), shown
+    assert shown.endswith(b"\r\x1b[K")  # the line is cleared afterwards
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_run_starts_an_embedded_server_without_url(tmp_path: Path) -> None:
+    script = tmp_path / "here.py"
+    script.write_text("import os\nprint(os.getcwd())\n# %%\nopen('made-here.txt', 'w').close()\n")
+    done = jupyter_exec("run", str(script), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{tmp_path}\n"
+    assert (tmp_path / "made-here.txt").exists()
+    # The server's own files lived in a temporary folder, not in the user's.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here.py", "made-here.txt"]
