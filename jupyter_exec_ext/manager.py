@@ -87,6 +87,14 @@ class AgentSessionManager(LoggingConfigurable):
         "server's root_dir.",
     )
 
+    transcript_write_interval = Float(
+        1.0,
+        config=True,
+        help="Seconds a session's transcript gathers calls before they are written, so a burst "
+        "of calls costs one write of the notebook instead of one each. A call shows in the "
+        "transcript file at most this long after it ended. 0 writes after every call.",
+    )
+
     transcript_name = Unicode(
         "transcript.ipynb",
         config=True,
@@ -469,6 +477,7 @@ class AgentSessionManager(LoggingConfigurable):
             },
             store,
             self.log,
+            write_interval=self.transcript_write_interval,
         )
         await transcript.create()
         model = await self.session_manager.create_session(

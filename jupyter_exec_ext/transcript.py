@@ -2,13 +2,16 @@
 
 The transcript is written through the server's contents manager, so it is an ordinary
 notebook of the server: the file browser shows it, and JupyterLab opens it on the session's
-live kernel. Writes happen off the request path, in order, one session at a time.
+live kernel. Writes happen off the request path, in order, one session at a time, and calls
+that come close together are gathered into one write: rewriting a notebook costs far more than
+a small call, so writing after every call would make the server several times slower.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 from typing import Any
 
@@ -81,15 +84,22 @@ class Transcript:
         kernelspec: dict[str, str],
         store: OutputStore,
         log: logging.Logger,
+        write_interval: float = 0.0,
     ) -> None:
-        """Write to ``path`` (an API path of ``contents_manager``)."""
+        """Write to ``path`` (an API path of ``contents_manager``).
+
+        A queued cell is written at most ``write_interval`` seconds after its call ended,
+        together with the cells of the calls that came meanwhile.
+        """
         self.contents_manager = contents_manager
         self.path = path
         self.kernelspec = kernelspec
         self.store = store
         self.log = log
+        self.write_interval = write_interval
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._write_now = asyncio.Event()
 
     async def create(self) -> None:
         """Write the empty notebook, so the session can be opened at once."""
@@ -102,14 +112,18 @@ class Transcript:
             self._writer = asyncio.ensure_future(self._write_pending())
 
     async def flush(self) -> None:
-        """Wait until every queued cell is in the file."""
+        """Write every queued cell now and wait until it is in the file."""
+        self._write_now.set()
         while self._writer is not None and not self._writer.done():
             await asyncio.shield(self._writer)
 
     async def _write_pending(self) -> None:
-        # Cells that arrive while a write is under way are taken by the next round of this
-        # loop, so a burst of calls costs few writes and no cell is lost or reordered.
+        # Cells that arrive while this task waits or writes are taken by the next round of
+        # this loop, so a burst of calls costs few writes and no cell is lost or reordered.
         while self._pending:
+            if self.write_interval > 0 and not self._write_now.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._write_now.wait(), self.write_interval)
             calls, self._pending = self._pending, []
             try:
                 notebook = await self._load()
