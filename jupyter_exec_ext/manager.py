@@ -12,16 +12,16 @@ from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from jupyter_client.kernelspec import NoSuchKernel
 from jupyter_core.utils import ensure_async
 from jupyter_server.utils import url_path_join
 from tornado import web
 from tornado.ioloop import PeriodicCallback
-from traitlets import Bool, Dict, Float, Integer, Unicode
+from traitlets import Bool, Dict, Float, Integer, Type, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 import kernel_helper
 
+from .gateway import GatewayKernelConnection, is_gateway_kernel_manager, kernel_spec_from_model
 from .kernel import KernelConnection, KernelDied
 from .pool import KernelPool
 from .session import AgentSession, SessionClosedError, utcnow
@@ -159,6 +159,19 @@ class AgentSessionManager(LoggingConfigurable):
         config=True,
         help="Seconds to wait for a new kernel to answer before giving up.",
     )
+
+    kernel_connection_class = Type(
+        klass=KernelConnection,
+        config=True,
+        help="The class that talks to a session's kernel. By default GatewayKernelConnection "
+        "when the server runs its kernels on a gateway (--gateway-url), else KernelConnection.",
+    )
+
+    @default("kernel_connection_class")
+    def _default_kernel_connection_class(self) -> type[KernelConnection]:
+        if is_gateway_kernel_manager(self.kernel_manager):
+            return GatewayKernelConnection
+        return KernelConnection
 
     def __init__(
         self,
@@ -397,14 +410,17 @@ class AgentSessionManager(LoggingConfigurable):
     async def _kernel_spec(self, kernel_name: str) -> Any:
         """The kernel spec of that name, or a 400 that lists the kernels there are."""
         try:
-            return await ensure_async(self.kernel_spec_manager.get_kernel_spec(kernel_name))
-        except NoSuchKernel as e:
+            spec = await ensure_async(self.kernel_spec_manager.get_kernel_spec(kernel_name))
+        # NoSuchKernel is a KeyError; a gateway's kernel spec manager raises a plain one.
+        except KeyError as e:
             specs = await ensure_async(self.kernel_spec_manager.get_all_specs())
             raise web.HTTPError(
                 400,
                 f"Unknown kernel_name {kernel_name!r}; available kernels: "
                 + ", ".join(sorted(specs)),
             ) from e
+        # A gateway's kernel spec manager answers with the REST model, not a KernelSpec.
+        return kernel_spec_from_model(spec) if isinstance(spec, dict) else spec
 
     async def _start_kernel(self, kernel_name: str, working_dir: Path) -> KernelConnection:
         """A kernel for a new session: from the pool when one is ready, else a new one."""
@@ -413,7 +429,7 @@ class AgentSessionManager(LoggingConfigurable):
             if connection is not None:
                 return connection
         try:
-            return await KernelConnection.start(
+            return await self.kernel_connection_class.start(
                 self.kernel_manager,
                 kernel_name,
                 self.log,
@@ -426,7 +442,7 @@ class AgentSessionManager(LoggingConfigurable):
     async def _start_pooled_kernel(self, kernel_name: str) -> KernelConnection:
         """Start a kernel for the pool, with the kernel helper already loaded."""
         spec = await self._kernel_spec(kernel_name)
-        connection = await KernelConnection.start(
+        connection = await self.kernel_connection_class.start(
             self.kernel_manager, kernel_name, self.log, timeout=self.kernel_start_timeout
         )
         if str(getattr(spec, "language", "")).lower() == "python":
@@ -479,7 +495,7 @@ class AgentSessionManager(LoggingConfigurable):
             self.log,
             write_interval=self.transcript_write_interval,
         )
-        await transcript.create()
+        transcript.start()
         model = await self.session_manager.create_session(
             path=path, name=session.name, type="notebook", kernel_id=session.kernel_id
         )

@@ -101,9 +101,20 @@ class Transcript:
         self._writer: asyncio.Task[None] | None = None
         self._write_now = asyncio.Event()
 
-    async def create(self) -> None:
-        """Write the empty notebook, so the session can be opened at once."""
-        await self._save(self._new_notebook())
+    def start(self) -> None:
+        """Write the empty notebook in the background; cells queued meanwhile follow it.
+
+        Off the session's start: saving a notebook costs tens of milliseconds (an empty one
+        is signed as trusted, which writes to the notary's database).
+        """
+        self._writer = asyncio.ensure_future(self._create_and_write())
+
+    async def _create_and_write(self) -> None:
+        try:
+            await self._save(self._new_notebook())
+        except Exception:
+            self.log.exception("Could not create the transcript %s", self.path)
+        await self._write_pending()
 
     def append(self, code: str, result: dict[str, Any]) -> None:
         """Queue one call as a code cell; the write happens in the background."""
