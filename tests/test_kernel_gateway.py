@@ -462,6 +462,11 @@ def test_kernel_websocket_reaches_a_session_kernel(
                     return message
         finally:
             connection.close()
+            # Wait for the closing handshake: asyncio.run ends the loop as soon as this returns,
+            # and a socket still open then is only closed (with a ResourceWarning) by the GC.
+            with contextlib.suppress(asyncio.TimeoutError):
+                while await asyncio.wait_for(connection.read_message(), timeout=10) is not None:
+                    pass
 
     reply = asyncio.run(kernel_info())
     assert reply["content"]["status"] == "ok"

@@ -98,7 +98,8 @@ def _call(url: str, token: str, method: str = "GET", body: Any = None) -> tuple[
             raw = response.read()
             return response.status, json.loads(raw) if raw else None
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
+        with e:  # an HTTPError holds the connection open until it is closed
+            return e.code, json.loads(e.read() or b"null")
 
 
 @pytest.fixture
