@@ -436,7 +436,7 @@ def test_server_without_the_extension_is_named(tmp_path: Path) -> None:
             except requests.ConnectionError:
                 time.sleep(0.05)
         with pytest.raises(ExtensionMissingError, match="has no agent-session API") as caught:
-            JupyterCodeExecutor(info)
+            JupyterCodeExecutor(info, fallback=False)
         assert "jupyter-exec-ext" in str(caught.value)
     finally:
         plain.terminate()

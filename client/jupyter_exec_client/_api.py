@@ -75,12 +75,53 @@ class Response:
 Flow: TypeAlias = Generator[Request, Response, T]
 
 
-class AgentSessionsAPI:
-    """The calls of the agent-session API on one server, as flows."""
+class JupyterRestAPI:
+    """What the REST APIs of a Jupyter server share: where they are, and how answers read."""
 
     def __init__(self, connection_info: JupyterConnectionInfo) -> None:
         """Build requests for the server of ``connection_info``."""
         self.connection_info = connection_info
+
+    def _checked(self, request: Request, response: Response) -> Flow[Any]:
+        """The decoded JSON of a successful answer (None when empty); errors raised."""
+        if 300 <= response.status < 400:
+            raise APIError(
+                response.status,
+                f"redirected to {response.location or 'another page'}: check the URL, its base "
+                "path and the token",
+                method=request.method,
+                url=self.connection_info.url(request.path),
+            )
+        if response.status < 300:
+            if not response.body:
+                return None
+            try:
+                return json.loads(response.body)
+            except ValueError:
+                raise self._malformed(request, response.body[:200]) from None
+        url = self.connection_info.url(request.path)
+        message = _server_message(response)
+        if response.status in (401, 403):
+            raise AuthenticationError(response.status, message, method=request.method, url=url)
+        if response.status == 404:
+            yield from self._not_found(request, message)
+        raise APIError(response.status, message, method=request.method, url=url)
+
+    def _not_found(self, request: Request, message: str) -> Flow[None]:
+        """Raise the error a 404 answer to ``request`` means; return for a plain APIError."""
+        yield from ()
+
+    def _malformed(self, request: Request, answer: Any) -> APIError:
+        return APIError(
+            200,
+            f"unexpected answer from the server: {answer!r:.200}",
+            method=request.method,
+            url=self.connection_info.url(request.path),
+        )
+
+
+class AgentSessionsAPI(JupyterRestAPI):
+    """The calls of the agent-session API on one server, as flows."""
 
     def create_session(self, kernel_name: str, name: str | None = None) -> Flow[dict[str, Any]]:
         """Start a session with a kernel of its own; return its model."""
@@ -150,43 +191,32 @@ class AgentSessionsAPI:
 
     # -- answers -------------------------------------------------------------------------
 
-    def _checked(self, request: Request, response: Response) -> Flow[Any]:
-        """The decoded JSON of a successful answer (None when empty); errors raised."""
-        if 300 <= response.status < 400:
-            raise APIError(
-                response.status,
-                f"redirected to {response.location or 'another page'}: check the URL, its base "
-                "path and the token",
-                method=request.method,
-                url=self.connection_info.url(request.path),
+    def _not_found(self, request: Request, message: str) -> Flow[None]:
+        """A missing API, or a missing session (a missing file is a plain APIError)."""
+        if request.path.rstrip("/") == SESSIONS_PATH:
+            yield from self._explain_missing_api(request)
+        if request.path.startswith(SESSIONS_PATH + "/") and "/files/" not in request.path:
+            raise SessionNotFoundError(
+                404, message, method=request.method, url=self.connection_info.url(request.path)
             )
-        if response.status < 300:
-            if not response.body:
-                return None
-            try:
-                return json.loads(response.body)
-            except ValueError:
-                raise self._malformed(request, response.body[:200]) from None
-        url = self.connection_info.url(request.path)
-        message = _server_message(response)
-        if response.status in (401, 403):
-            raise AuthenticationError(response.status, message, method=request.method, url=url)
-        if response.status == 404:
-            if request.path.rstrip("/") == SESSIONS_PATH:
-                yield from self._explain_missing_api(request)
-            if request.path.startswith(SESSIONS_PATH + "/") and "/files/" not in request.path:
-                raise SessionNotFoundError(404, message, method=request.method, url=url)
-        raise APIError(response.status, message, method=request.method, url=url)
 
     def _explain_missing_api(self, request: Request) -> Flow[NoReturn]:
         """Raise ExtensionMissingError, saying whether a Jupyter server is there at all."""
         base_url = self.connection_info.base_url
         probe = Request("GET", "api")
         try:
-            answer = yield probe
-            version = json.loads(answer.body).get("version") if answer.status == 200 else None
-        except (JupyterExecError, ValueError, AttributeError):
-            version = None
+            answer: Response | None = yield probe
+        except JupyterExecError:
+            answer = None
+        if answer is not None and answer.status in (401, 403):
+            # A server that guards even its version (Kernel Gateway does) refused the token.
+            raise AuthenticationError(
+                answer.status,
+                _server_message(answer),
+                method=probe.method,
+                url=self.connection_info.url(probe.path),
+            )
+        version = _reported_version(answer)
         if version:
             explanation = (
                 f"The Jupyter server at {base_url} (jupyter_server {version}) has no "
@@ -201,16 +231,22 @@ class AgentSessionsAPI:
                 "installed in the server's environment."
             )
         raise ExtensionMissingError(
-            explanation, method=request.method, url=self.connection_info.url(request.path)
-        )
-
-    def _malformed(self, request: Request, answer: Any) -> APIError:
-        return APIError(
-            200,
-            f"unexpected answer from the server: {answer!r:.200}",
+            explanation,
             method=request.method,
             url=self.connection_info.url(request.path),
+            server_version=version,
         )
+
+
+def _reported_version(answer: Response | None) -> str | None:
+    """The version in a Jupyter server's answer to ``GET api``; None when it is not one."""
+    if answer is None or answer.status != 200:
+        return None
+    try:
+        version = json.loads(answer.body).get("version")
+    except (ValueError, AttributeError):
+        return None
+    return version if isinstance(version, str) and version else None
 
 
 def _session_path(session_id: str, *action: str) -> str:

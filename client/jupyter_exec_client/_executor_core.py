@@ -1,42 +1,42 @@
-"""What an executor does, shared by the sync and the async executor: flows, no I/O of its own.
+"""What an executor does, shared by the sync and the async executor: flows, no network I/O.
 
 The core owns one agent session and turns code blocks into an :class:`IPythonCodeResult`:
 blocks run in order until one fails, rich outputs are downloaded into ``output_dir``, and
 the server's file markers in the text become the paths of the saved files.
+
+A server without the agent-session API (a plain Jupyter server, Kernel Gateway) gets a
+second backend, a :class:`~jupyter_exec_client._kernel_protocol.KernelProtocolSession`: one
+kernel driven over its websocket, giving results of the same shape (its files already
+written), so everything after the execution is shared.
 """
 
 from __future__ import annotations
 
 import contextlib
-import mimetypes
-import uuid
 from collections.abc import Iterable
 from os import PathLike
 from pathlib import Path
 from typing import Any, Literal
 
-from ._api import AgentSessionsAPI, Flow
+from ._api import AgentSessionsAPI
+from ._kernel_output import new_output_path
+from ._kernel_protocol import KernelFlow, KernelProtocolSession
 from .blocks import CodeBlockLike, IPythonCodeResult, code_for_kernel
 from .connection import JupyterConnectionInfo
-from .errors import APIError, ExecutorClosedError, SessionNotFoundError
-
-#: File name extensions of the rich outputs the server captures.
-_EXTENSIONS = {
-    "image/png": ".png",
-    "image/jpeg": ".jpeg",
-    "image/svg+xml": ".svg",
-    "text/html": ".html",
-    "text/plain": ".txt",
-}
+from .errors import APIError, ExecutorClosedError, ExtensionMissingError, SessionNotFoundError
 
 State = Literal["new", "open", "closed"]
+#: ``agent-sessions``: the extension's API; ``kernels``: a plain server's kernels API and
+#: kernel websocket.
+Backend = Literal["agent-sessions", "kernels"]
 
 
 class ExecutorCore:
-    """One agent session and the rules for running code blocks in it.
+    """One agent session (or one kernel) and the rules for running code blocks in it.
 
     States: ``new`` (no session yet), ``open`` (a session on the server), ``closed``
-    (stopped; :meth:`start` opens it again with a fresh session).
+    (stopped; :meth:`start` opens it again with a fresh session). With ``fallback``, a
+    server without the agent-session API is used through its kernels API instead.
     """
 
     def __init__(
@@ -45,6 +45,8 @@ class ExecutorCore:
         kernel_name: str,
         timeout: float,
         output_dir: str | PathLike[str],
+        *,
+        fallback: bool = True,
     ) -> None:
         """Check the arguments; nothing is sent before :meth:`start`."""
         if timeout < 1:
@@ -57,50 +59,88 @@ class ExecutorCore:
         self.timeout = timeout
         # Resolved once: the paths handed out stay right if the process changes directory.
         self.output_dir = directory.resolve()
+        self.fallback = fallback
         self.session_id: str | None = None
         self.state: State = "new"
+        # Set once the server turned out to have no agent-session API.
+        self.kernels: KernelProtocolSession | None = None
+        self.backend: Backend | None = None
+        self._kernel_id: str | None = None
+
+    @property
+    def kernel_id(self) -> str | None:
+        """The id of the kernel code runs in (None when there is none)."""
+        if self.kernels is not None:
+            return self.kernels.kernel_id
+        return self._kernel_id
 
     @property
     def connection_info(self) -> JupyterConnectionInfo:
         """The server the session lives on."""
         return self.api.connection_info
 
-    def start(self) -> Flow[None]:
-        """Create the agent session (nothing to do when it is open)."""
+    def start(self) -> KernelFlow[None]:
+        """Create the agent session, or start the kernel (nothing to do when it is open)."""
         if self.state == "open":
             return
-        model = yield from self.api.create_session(self.kernel_name)
-        self.session_id = str(model["id"])
+        if self.kernels is None:
+            try:
+                model = yield from self.api.create_session(self.kernel_name)
+            except ExtensionMissingError as missing:
+                if not (self.fallback and missing.server_version):
+                    raise
+                # A Jupyter server without the extension: use its standard kernels API.
+                self.kernels = KernelProtocolSession(self.connection_info, self.output_dir)
+                self.backend = "kernels"
+            else:
+                self.backend = "agent-sessions"
+                self.session_id = str(model["id"])
+                self._kernel_id = str(model["kernel_id"])
+                self.state = "open"
+                return
+        yield from self.kernels.start(self.kernel_name)
         self.state = "open"
 
-    def stop(self) -> Flow[None]:
-        """Delete the agent session; stopping twice is harmless."""
+    def stop(self) -> KernelFlow[None]:
+        """Delete the agent session (or shut the kernel down); stopping twice is harmless."""
         session_id, self.session_id = self.session_id, None
+        self._kernel_id = None
         self.state = "closed"
+        if self.kernels is not None:
+            yield from self.kernels.stop()
         if session_id is None:
             return
         # A session already gone (culled, or the server restarted) is as good as deleted.
         with contextlib.suppress(SessionNotFoundError):
             yield from self.api.delete_session(session_id)
 
-    def restart(self) -> Flow[None]:
+    def restart(self) -> KernelFlow[None]:
         """Give the session a fresh kernel; a session the server lost is created anew."""
-        session_id = self._open_session_id()
+        self._check_open()
+        if self.kernels is not None:
+            yield from self.kernels.restart()
+            return
         try:
-            yield from self.api.restart(session_id)
+            yield from self.api.restart(self._open_session_id())
         except SessionNotFoundError:
             self.state = "new"
             yield from self.start()
 
-    def interrupt(self) -> Flow[None]:
+    def interrupt(self) -> KernelFlow[None]:
         """Interrupt the code the session is running."""
+        self._check_open()
+        if self.kernels is not None:
+            yield from self.kernels.interrupt()
+            return
         yield from self.api.interrupt(self._open_session_id())
 
-    def execute_code_blocks(self, code_blocks: Iterable[CodeBlockLike]) -> Flow[IPythonCodeResult]:
+    def execute_code_blocks(
+        self, code_blocks: Iterable[CodeBlockLike]
+    ) -> KernelFlow[IPythonCodeResult]:
         """Run the blocks in order; stop at the first that fails, keeping earlier output."""
         if self.state == "new":
             yield from self.start()
-        session_id = self._open_session_id()
+        self._check_open()
         outputs: list[str] = []
         files: list[str] = []
         for block in code_blocks:
@@ -112,7 +152,10 @@ class ExecutorCore:
                     "shell). The block was not run."
                 )
                 return IPythonCodeResult(1, _join(outputs), files)
-            result = yield from self.api.execute(session_id, code, self.timeout)
+            if self.kernels is not None:
+                result = yield from self.kernels.execute(code, self.timeout)
+            else:
+                result = yield from self.api.execute(self._open_session_id(), code, self.timeout)
             output, saved = yield from self._save_files(result)
             outputs.append(output)
             files.extend(saved)
@@ -120,21 +163,36 @@ class ExecutorCore:
                 return IPythonCodeResult(1, _join(outputs), files)
         return IPythonCodeResult(0, _join(outputs), files)
 
+    def _check_open(self) -> None:
+        if self.state != "open":
+            raise ExecutorClosedError(
+                "The executor was stopped and has no agent session: start() opens a new one."
+            )
+
     def _open_session_id(self) -> str:
-        if self.state == "closed" or self.session_id is None:
+        self._check_open()
+        if self.session_id is None:
             raise ExecutorClosedError(
                 "The executor was stopped and has no agent session: start() opens a new one."
             )
         return self.session_id
 
-    def _save_files(self, result: dict[str, Any]) -> Flow[tuple[str, list[str]]]:
-        """Download the result's files; name them in the text where the server marked them."""
+    def _save_files(self, result: dict[str, Any]) -> KernelFlow[tuple[str, list[str]]]:
+        """Download the result's files; name them in the text where the server marked them.
+
+        Files of the kernels backend are already written: their ``path`` is taken as is.
+        """
         output = str(result.get("output", ""))
         saved: list[str] = []
         for file in result.get("files", []):
             mime_type = str(file["mime_type"])
-            extension = _EXTENSIONS.get(mime_type) or mimetypes.guess_extension(mime_type) or ""
-            path = self.output_dir / f"{uuid.uuid4().hex}{extension}"
+            if "path" in file:
+                path = Path(file["path"])
+                saved.append(str(path))
+                note = _saved_note(mime_type, path)
+                output = _name_file(output, mime_type, str(file["id"]), note, path)
+                continue
+            path = new_output_path(self.output_dir, mime_type)
             try:
                 yield from self.api.download(str(file["url"]), path)
             except APIError as e:

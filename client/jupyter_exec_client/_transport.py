@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import requests
 
-from ._api import Flow, Request, Response
+from ._api import Request, Response
+from ._kernel_protocol import (
+    ChannelClosedError,
+    CloseChannel,
+    Command,
+    KernelFlow,
+    OpenChannel,
+    ReceiveMessage,
+    SendMessage,
+)
+from ._websocket import KernelChannel
 from .connection import JupyterConnectionInfo
-from .errors import JupyterExecError, ServerConnectionError
+from .errors import TLS_HINT, JupyterExecError, ServerConnectionError
 
 T = TypeVar("T")
 
@@ -23,7 +33,8 @@ _OS_ERROR = re.compile(r"\[Errno -?\d+\] ([^'\")]+)|(\[SSL[^\]]*\][^'\")]+)")
 
 
 class SyncTransport:
-    """Sends requests to one server over one kept-alive connection.
+    """Sends requests to one server over one kept-alive connection, and kernel messages over
+    a kernel's websocket when a flow asks for one.
 
     The connection (a ``requests.Session``) is opened on the first request and closed by
     :meth:`close`; a later request opens it again.
@@ -33,13 +44,34 @@ class SyncTransport:
         """Talk to the server of ``connection_info`` with its token."""
         self.connection_info = connection_info
         self._session: requests.Session | None = None
+        self._channel: KernelChannel | None = None
+
+    def perform(self, command: Command) -> Any:
+        """Carry out one command of a flow; return what the flow is sent back."""
+        if isinstance(command, Request):
+            return self.send(command)
+        if isinstance(command, ReceiveMessage):
+            return self._kernel_channel().receive(command.timeout)
+        if isinstance(command, SendMessage):
+            self._kernel_channel().send(command.message)
+        elif isinstance(command, OpenChannel):
+            if self._channel is None:
+                self._channel = KernelChannel(self.connection_info)
+            self._channel.open(command.path)
+        elif isinstance(command, CloseChannel) and self._channel is not None:
+            self._channel.close()
+        return None
+
+    def _kernel_channel(self) -> KernelChannel:
+        if self._channel is None:
+            raise ChannelClosedError(self.connection_info.base_url, "no websocket was opened")
+        return self._channel
 
     def _http(self) -> requests.Session:
         if self._session is None:
             session = requests.Session()
             if self.connection_info.token:
                 session.headers["Authorization"] = f"token {self.connection_info.token}"
-            session.verify = self.connection_info.verify
             self._session = session
         return self._session
 
@@ -54,6 +86,9 @@ class SyncTransport:
                 timeout=(CONNECT_TIMEOUT, request.read_timeout),
                 stream=request.save_to is not None,
                 allow_redirects=False,
+                # Per request, not on the session: requests lets REQUESTS_CA_BUNDLE and
+                # CURL_CA_BUNDLE override a session's verify, but not a request's.
+                verify=self.connection_info.verify,
             )
         except requests.ConnectTimeout as e:
             raise ServerConnectionError(url, f"no connection within {CONNECT_TIMEOUT:g} s") from e
@@ -61,6 +96,8 @@ class SyncTransport:
             raise ServerConnectionError(
                 url, f"the server did not answer within {request.read_timeout:g} s"
             ) from e
+        except requests.exceptions.SSLError as e:
+            raise ServerConnectionError(url, f"{_reason(e)}{TLS_HINT}") from e
         except requests.RequestException as e:
             raise ServerConnectionError(url, _reason(e)) from e
         with answer:
@@ -93,24 +130,27 @@ class SyncTransport:
             raise
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection and the kernel websocket."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
         if self._session is not None:
             self._session.close()
             self._session = None
 
 
-def run_sync(flow: Flow[T], transport: SyncTransport) -> T:
-    """Drive ``flow`` to its end with blocking requests; return its result."""
+def run_sync(flow: KernelFlow[T], transport: SyncTransport) -> T:
+    """Drive ``flow`` to its end with blocking I/O; return its result."""
     try:
-        request = next(flow)
+        command = next(flow)
         while True:
             try:
-                response = transport.send(request)
+                answer = transport.perform(command)
             except JupyterExecError as error:
                 # The flow decides: some calls expect a failure (a probe) and go on.
-                request = flow.throw(error)
+                command = flow.throw(error)
             else:
-                request = flow.send(response)
+                command = flow.send(answer)
     except StopIteration as stop:
         result: T = stop.value
         return result
@@ -119,17 +159,17 @@ def run_sync(flow: Flow[T], transport: SyncTransport) -> T:
         flow.close()
 
 
-async def run_async(flow: Flow[T], transport: SyncTransport) -> T:
-    """Drive ``flow`` to its end, each blocking request in a worker thread."""
+async def run_async(flow: KernelFlow[T], transport: SyncTransport) -> T:
+    """Drive ``flow`` to its end, each blocking request or websocket read in a worker thread."""
     try:
-        request = next(flow)
+        command = next(flow)
         while True:
             try:
-                response = await asyncio.to_thread(transport.send, request)
+                answer = await asyncio.to_thread(transport.perform, command)
             except JupyterExecError as error:
-                request = flow.throw(error)
+                command = flow.throw(error)
             else:
-                request = flow.send(response)
+                command = flow.send(answer)
     except StopIteration as stop:
         result: T = stop.value
         return result

@@ -6,11 +6,16 @@
     ├── ServerConnectionError      (also ConnectionError) the server cannot be reached
     ├── APIError                   the server answered with an HTTP error
     │   ├── AuthenticationError    401/403: a missing or wrong token
-    │   ├── ExtensionMissingError  404: the server has no agent-session API
-    │   ├── SessionNotFoundError   404: the agent session is gone
+    │   ├── ExtensionMissingError  404: the server has no agent-session API (and no fallback)
+    │   ├── SessionNotFoundError   404: the agent session (or, on a plain server, the kernel)
+    │   │                          is gone
     │   └── UnknownKernelError     (also ValueError) no kernel of that name
     ├── ExecutorClosedError        (also RuntimeError) the executor was stopped
     └── ServerStartError           (also RuntimeError) a LocalJupyterServer failed to start
+
+A server without the agent-session API is used through its kernels API and a kernel
+websocket; without the ``websocket-client`` package that raises :class:`ImportError`, naming
+``pip install "jupyter-exec-client[websocket]"``.
 
 Arguments that are wrong before anything is sent (a missing ``output_dir``, a timeout below
 1 second) raise a plain :class:`ValueError`, as AutoGen's executor does.
@@ -29,6 +34,12 @@ __all__ = [
     "SessionNotFoundError",
     "UnknownKernelError",
 ]
+
+#: Added to a TLS failure: what to do about a server with a private or self-signed certificate.
+TLS_HINT = (
+    " (the server's TLS certificate was not accepted: for a private or self-signed "
+    "certificate pass its CA file as JupyterConnectionInfo(..., verify='/path/to/ca.pem'))"
+)
 
 
 class JupyterExecError(Exception):
@@ -86,11 +97,24 @@ class AuthenticationError(APIError):
 
 
 class ExtensionMissingError(APIError):
-    """The server answers, but has no agent-session API (the extension is not installed)."""
+    """The server answers, but has no agent-session API (the extension is not installed).
 
-    def __init__(self, explanation: str, *, method: str = "", url: str = "") -> None:
+    ``server_version`` is the version a Jupyter server at that address reported, None when
+    no Jupyter server answered there at all. The executors fall back to the standard kernels
+    API of such a server unless told not to; this error is raised when they cannot.
+    """
+
+    def __init__(
+        self,
+        explanation: str,
+        *,
+        method: str = "",
+        url: str = "",
+        server_version: str | None = None,
+    ) -> None:
         """Keep the ``explanation`` of what is there instead and what to install."""
         super().__init__(404, "Not Found", method=method, url=url, explanation=explanation)
+        self.server_version = server_version
 
 
 class SessionNotFoundError(APIError):

@@ -10,8 +10,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from ._api import Flow
-from ._executor_core import ExecutorCore
+from ._executor_core import Backend, ExecutorCore
+from ._kernel_protocol import KernelFlow
 from ._transport import SyncTransport, run_async, run_sync
 from .blocks import CodeBlockLike, IPythonCodeResult, MarkdownCodeExtractor
 from .connection import JupyterConnectable, JupyterConnectionInfo, as_connection_info
@@ -31,10 +31,12 @@ class _ExecutorBase:
         kernel_name: str = "python3",
         timeout: int | float = 60,
         output_dir: str | PathLike[str] = ".",
+        *,
+        fallback: bool = True,
     ) -> None:
         """Check the arguments and prepare the connection; nothing is sent yet."""
         self._core = ExecutorCore(
-            as_connection_info(jupyter_server), kernel_name, timeout, output_dir
+            as_connection_info(jupyter_server), kernel_name, timeout, output_dir, fallback=fallback
         )
         # Holding the server keeps a LocalJupyterServer passed inline alive (and running)
         # as long as its executor.
@@ -69,8 +71,20 @@ class _ExecutorBase:
 
     @property
     def session_id(self) -> str | None:
-        """The id of the executor's agent session on the server (None when it has none)."""
+        """The id of the executor's agent session on the server (None when it has none, as
+        on a server without the agent-session API)."""
         return self._core.session_id
+
+    @property
+    def kernel_id(self) -> str | None:
+        """The id of the kernel code runs in, as ``api/kernels`` lists it (None when none)."""
+        return self._core.kernel_id
+
+    @property
+    def backend(self) -> Backend | None:
+        """``"agent-sessions"`` (the server's extension) or ``"kernels"`` (a plain server's
+        kernels API and kernel websocket); None before the first start."""
+        return self._core.backend
 
     @property
     def closed(self) -> bool:
@@ -86,6 +100,11 @@ class JupyterCodeExecutor(_ExecutorBase):
     with a ``connection_info``, or a :class:`JupyterConnectionInfo`. ``timeout`` (seconds, at
     least 1) limits each block: the server interrupts it and the result keeps what it
     printed. Rich outputs are saved into ``output_dir``, which must exist.
+
+    A Jupyter server without the agent-session API (a plain ``jupyter server``, Kernel
+    Gateway) is used through its standard kernels API and a kernel websocket, with the same
+    results (this needs ``pip install "jupyter-exec-client[websocket]"``); ``fallback=False``
+    raises :class:`ExtensionMissingError` instead.
     """
 
     def __init__(
@@ -94,16 +113,18 @@ class JupyterCodeExecutor(_ExecutorBase):
         kernel_name: str = "python3",
         timeout: int | float = 60,
         output_dir: str | PathLike[str] = ".",
+        *,
+        fallback: bool = True,
     ) -> None:
         """Check the arguments and create the agent session on the server."""
-        super().__init__(jupyter_server, kernel_name, timeout, output_dir)
+        super().__init__(jupyter_server, kernel_name, timeout, output_dir, fallback=fallback)
         try:
             self._run(self._core.start())
         except BaseException:
             self._transport.close()
             raise
 
-    def _run(self, flow: Flow[T]) -> T:
+    def _run(self, flow: KernelFlow[T]) -> T:
         return run_sync(flow, self._transport)
 
     def execute_code_blocks(self, code_blocks: Iterable[CodeBlockLike]) -> IPythonCodeResult:
@@ -154,7 +175,7 @@ class AsyncJupyterCodeExecutor(_ExecutorBase):
     kernel, so the session is free again at once.
     """
 
-    async def _run(self, flow: Flow[T]) -> T:
+    async def _run(self, flow: KernelFlow[T]) -> T:
         return await run_async(flow, self._transport)
 
     async def start(self) -> None:
