@@ -17,6 +17,8 @@ from __future__ import annotations
 from ._version import __version__
 from .blocks import CodeBlock, IPythonCodeResult, MarkdownCodeExtractor
 from .connection import JupyterConnectable, JupyterConnectionInfo
+# Imports the docker package only when a DockerJupyterServer is made.
+from .docker_server import DockerJupyterServer
 from .errors import (
     APIError,
     AuthenticationError,
@@ -38,6 +40,7 @@ __all__ = [
     "AsyncJupyterCodeExecutor",
     "AuthenticationError",
     "CodeBlock",
+    "DockerJupyterServer",
     "ExecutorClosedError",
     "ExtensionMissingError",
     "IPythonCodeResult",

@@ -11,7 +11,7 @@
     │   │                          is gone
     │   └── UnknownKernelError     (also ValueError) no kernel of that name
     ├── ExecutorClosedError        (also RuntimeError) the executor was stopped
-    └── ServerStartError           (also RuntimeError) a LocalJupyterServer failed to start
+    └── ServerStartError           (also RuntimeError) a Local/DockerJupyterServer failed to start
 
 A server without the agent-session API is used through its kernels API and a kernel
 websocket; without the ``websocket-client`` package that raises :class:`ImportError`, naming
@@ -144,4 +144,4 @@ class ExecutorClosedError(JupyterExecError, RuntimeError):
 
 
 class ServerStartError(JupyterExecError, RuntimeError):
-    """A :class:`~jupyter_exec_client.LocalJupyterServer` could not be started."""
+    """A :class:`~jupyter_exec_client.LocalJupyterServer` or ``DockerJupyterServer`` could not start."""
