@@ -154,6 +154,9 @@ class KernelConnection:
         waits for it to be idle before the cancellation goes on, so the next call of the
         session starts on a kernel that is ready.
         """
+        if self._client is None:
+            # The last restart failed (the kernel is gone): there is nothing to run on.
+            return Outcome("dead")
         loop = asyncio.get_running_loop()
         msg_id = self._client.execute(
             code, silent=silent, store_history=not silent, allow_stdin=False, stop_on_error=True
@@ -176,7 +179,7 @@ class KernelConnection:
             try:
                 msg = await self._client.get_iopub_msg(timeout=min(remaining, LIVENESS_INTERVAL))
             except Empty:
-                if not await self.is_alive():
+                if not await self._alive_while_waiting():
                     if cancelled:
                         raise asyncio.CancelledError from None
                     return Outcome("dead")
@@ -220,6 +223,14 @@ class KernelConnection:
     async def interrupt(self) -> None:
         """Interrupt the kernel (SIGINT, or an interrupt request for message-mode kernels)."""
         await ensure_async(self.kernel_manager.interrupt_kernel(self.kernel_id))
+
+    async def _alive_while_waiting(self) -> bool:
+        """Whether the kernel is alive, asked while a call waits and no message comes.
+
+        Subclasses for remote kernels may look harder here than in :meth:`is_alive`, which
+        also runs before every call.
+        """
+        return await self.is_alive()
 
     async def is_alive(self) -> bool:
         """Whether the kernel process is still running."""

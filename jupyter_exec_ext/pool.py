@@ -65,6 +65,8 @@ class KernelPool:
                 return connection
             self.log.warning("Pooled kernel %s had died; discarding it", connection.kernel_id)
             connection.close()
+            # Its manager (or a gateway) may have restarted it: make sure it is gone.
+            await connection.shutdown_kernel()
         return None
 
     async def _start_one(self, kernel_name: str) -> None:
