@@ -552,9 +552,9 @@ def test_async_timeout_and_cancellation_interrupt_the_kernel(
         async with AsyncJupyterCodeExecutor(server, timeout=600, output_dir=tmp_path) as slow:
             assert slow.session_id is not None
             token = CancellationToken()
-            call = asyncio.ensure_future(
-                slow.execute_code_blocks([CodeBlock("w = 2"), CodeBlock(sleeper)], token)
-            )
+            # Set in a call of its own: "busy" must mean the sleeper runs, not this line.
+            await slow.execute_code_blocks([CodeBlock("w = 2")])
+            call = asyncio.ensure_future(slow.execute_code_blocks([CodeBlock(sleeper)], token))
             await asyncio.to_thread(wait_until_busy, slow.session_id)
             token.cancel()
             with pytest.raises(asyncio.CancelledError):

@@ -165,7 +165,8 @@ class LocalJupyterServer:
         command = [
             sys.executable,
             "-m",
-            "jupyter_server",
+            # jupyter server, less a second of imports nothing here uses (see its docstring).
+            "jupyter_exec_ext.launch",
             "--no-browser",
             f"--ServerApp.ip={self.ip}",
             f"--ServerApp.port={self.port}",
