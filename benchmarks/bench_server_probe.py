@@ -1,9 +1,11 @@
-"""A benchmark-only server extension: collect garbage on request, so RSS is read after gc.
+"""A benchmark-only server extension: what the benchmark must read from inside the server.
 
-``benchmarks/run.py`` loads it (besides ``jupyter_exec_ext``) only into the server whose
-memory per session it measures. It adds one route, ``POST /api/bench-probe/gc``, which runs
-the garbage collector and answers with the server's resident set size; it does nothing
-unless called.
+``benchmarks/run.py`` loads it besides ``jupyter_exec_ext``. Two routes, which do nothing
+unless called: ``POST /api/bench-probe/gc`` runs the garbage collector and answers with the
+server's resident set size (memory per session is read after gc); ``GET
+/api/bench-probe/pool`` answers how many pooled kernels are ready (the kernels API cannot
+tell: a kernel's execution_state stays "starting" when the server's activity watcher
+subscribed after the kernel's first status messages).
 """
 
 from __future__ import annotations
@@ -35,6 +37,16 @@ class CollectGarbageHandler(APIHandler):
         self.finish(json.dumps({"collected": collected, "rss": resident_set_size()}))
 
 
+class PoolHandler(APIHandler):
+    """``GET /api/bench-probe/pool``: how many kernels the agent-session pool holds ready."""
+
+    @web.authenticated
+    def get(self) -> None:
+        """The number of ready pooled kernels."""
+        manager = self.settings["agent_session_manager"]
+        self.finish(json.dumps({"ready": len(manager.pooled_kernel_ids())}))
+
+
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
     """Tell jupyter_server that this module is an extension."""
     return [{"module": "bench_server_probe"}]
@@ -42,5 +54,8 @@ def _jupyter_server_extension_points() -> list[dict[str, Any]]:
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     """Register the probe's route under the server's base_url."""
-    route = url_path_join(serverapp.base_url, "api/bench-probe/gc")
-    serverapp.web_app.add_handlers(".*$", [(route, CollectGarbageHandler)])
+    routes = [
+        (url_path_join(serverapp.base_url, "api/bench-probe/gc"), CollectGarbageHandler),
+        (url_path_join(serverapp.base_url, "api/bench-probe/pool"), PoolHandler),
+    ]
+    serverapp.web_app.add_handlers(".*$", routes)

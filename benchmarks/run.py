@@ -346,25 +346,17 @@ class ServerProcess:
         return float(times.user + times.system)
 
     def wait_for_pool(self, pool_size: int, timeout: float = 120.0) -> None:
-        """Wait until ``pool_size`` kernels that belong to no session are idle (the pool is full).
-
-        A pooled kernel goes idle once after its first kernel_info and again after the
-        kernel helper ran, so the state must hold on two looks a little apart.
-        """
+        """Wait until the pool holds ``pool_size`` ready kernels (needs ``probe=True``)."""
         deadline = time.perf_counter() + timeout
-        consecutive = 0
+        ready = 0
         while time.perf_counter() < deadline:
-            kernels = self.api("GET", "kernels")
-            in_sessions = {s["kernel_id"] for s in self.api("GET", "agent-sessions")}
-            pooled = [k for k in kernels if k["id"] not in in_sessions]
-            full = len(pooled) >= pool_size and all(
-                k["execution_state"] == "idle" for k in pooled
-            )
-            consecutive = consecutive + 1 if full else 0
-            if consecutive >= 3:
+            ready = int(self.api("GET", "bench-probe/pool")["ready"])
+            if ready >= pool_size:
                 return
-            time.sleep(0.2)
-        raise BenchmarkError(f"The kernel pool did not fill within {timeout} s")
+            time.sleep(0.1)
+        raise BenchmarkError(
+            f"The kernel pool did not fill within {timeout} s ({ready} of {pool_size} ready)"
+        )
 
     def stop(self) -> None:
         """Shut the server down through its API, then sweep whatever is left of it."""
@@ -849,7 +841,7 @@ class Benchmark:
         self.measure_local_startup()
 
         progress("Starting a server with the default kernel pool, and a raw kernel")
-        pooled_server = ServerProcess(self.work_dir, self.sweeper)
+        pooled_server = ServerProcess(self.work_dir, self.sweeper, probe=True)
         stack.callback(pooled_server.stop)
         raw = RawKernel.start()
         stack.callback(raw.shutdown)

@@ -100,6 +100,11 @@ class Transcript:
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._write_now = asyncio.Event()
+        # The notebook as last written, and the file's modification time then: while the file
+        # is unchanged, appending needs no re-reading (parsing, validating and checking the
+        # signature of the whole notebook cost more than the rest of a write).
+        self._written: Any = None
+        self._written_at: Any = None
 
     def start(self) -> None:
         """Write the empty notebook in the background; cells queued meanwhile follow it.
@@ -141,6 +146,7 @@ class Transcript:
                 notebook.cells.extend(self._cell(code, result) for code, result in calls)
                 await self._save(notebook)
             except Exception:
+                self._written = None  # read the file afresh next time
                 self.log.exception("Could not append to the transcript %s", self.path)
 
     def _cell(self, code: str, result: dict[str, Any]) -> Any:
@@ -156,6 +162,10 @@ class Transcript:
         """The notebook as it is on disk (a person may have edited it), or a new one."""
         if not await ensure_async(self.contents_manager.file_exists(self.path)):
             return self._new_notebook()
+        if self._written is not None:
+            model = await ensure_async(self.contents_manager.get(self.path, content=False))
+            if model["last_modified"] == self._written_at:
+                return self._written
         model = await ensure_async(self.contents_manager.get(self.path, content=True))
         return nbformat.from_dict(model["content"])
 
@@ -168,4 +178,5 @@ class Transcript:
     async def _save(self, notebook: Any) -> None:
         nbformat.validate(notebook)
         model = {"type": "notebook", "format": "json", "content": notebook}
-        await ensure_async(self.contents_manager.save(model, self.path))
+        saved = await ensure_async(self.contents_manager.save(model, self.path))
+        self._written, self._written_at = notebook, saved["last_modified"]

@@ -117,3 +117,16 @@ async def test_transcripts_can_be_turned_off(
     assert not (jp_root_dir / "agent-sessions" / "quiet" / "transcript.ipynb").exists()
     response = await jp_fetch("api", "sessions")
     assert json.loads(response.body) == []
+
+
+async def test_a_persons_edit_between_calls_is_kept(api: Api, jp_root_dir: Path) -> None:
+    session = await api.create()
+    await api.execute(session["id"], "print('first')")
+    path = jp_root_dir / session["transcript_path"]
+    notebook = await read_transcript(jp_root_dir, session["transcript_path"], 1)
+    notebook.cells.append(nbformat.v4.new_markdown_cell("A note from a person"))
+    nbformat.write(notebook, path)
+    await api.execute(session["id"], "print('second')")
+    notebook = await read_transcript(jp_root_dir, session["transcript_path"], 3)
+    assert [cell.cell_type for cell in notebook.cells] == ["code", "markdown", "code"]
+    assert notebook.cells[1].source == "A note from a person"
