@@ -13,6 +13,7 @@ from tornado import web
 
 from .manager import AgentSessionManager
 from .spec import validation_error
+from .store import StoredFileChangedError
 
 #: Agent sessions run code in kernels, so an authorizer's rules for kernels govern them too:
 #: a deployment that forbids kernel execution is not opened up by this extension.
@@ -178,8 +179,13 @@ class FileHandler(AgentSessionsAPIHandler):
         self.set_header("Content-Security-Policy", "sandbox; default-src 'none'")
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Content-Length", str(stored.size))
+        try:
+            # Opened through the store: the kernel may have swapped the file since get_file.
+            handle = stored.open()
+        except StoredFileChangedError as e:
+            raise web.HTTPError(404, f"File not found in agent session {session_id}") from e
         # In chunks: the full text of a cut output can be hundreds of megabytes.
-        with stored.path.open("rb") as handle:
+        with handle:
             while chunk := handle.read(_CHUNK_SIZE):
                 self.write(chunk)
                 await self.flush()

@@ -227,7 +227,7 @@ class AgentSessionManager(LoggingConfigurable):
     def get_file(self, session_id: str, file_id: str) -> StoredFile:
         """A file the session captured, or a 404."""
         stored = self._check_session(session_id).store.get(file_id)
-        if stored is None or not stored.path.is_file():
+        if stored is None:
             raise web.HTTPError(404, f"File not found in agent session {session_id}: {file_id}")
         return stored
 

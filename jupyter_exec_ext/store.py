@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 #: File ids are url-safe tokens we make ourselves; anything else cannot name a stored file.
 FILE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+#: Opening a stored file never follows a symlink in its place and never blocks on a FIFO put
+#: there (both flags are 0 where the platform lacks them).
+_READ_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_BINARY", 0)
+)
+#: A new file is always a new inode of ours: never written through a symlink or into a file
+#: someone else put at that path first.
+_CREATE_FLAGS = (
+    os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+)
 
 #: Suffixes make the files readable by a person who opens the store folder.
 _SUFFIXES = {
@@ -26,22 +42,68 @@ class StoreFullError(Exception):
     """Keeping the file would take the session past its limit of stored bytes."""
 
 
+class StoredFileChangedError(FileNotFoundError):
+    """The file at a stored file's path is no longer the one the store wrote."""
+
+
 @dataclass(frozen=True)
 class StoredFile:
-    """One captured output kept on disk."""
+    """One captured output kept on disk.
+
+    ``device`` and ``inode`` say which file the store wrote: the session's kernel runs as the
+    same user and can replace what lies at ``path`` (with a symlink to ``/etc/passwd``, a hard
+    link to another session's file, a FIFO), so reads check that they still get that file.
+    """
 
     id: str
     mime_type: str
     path: Path
     size: int
+    device: int
+    inode: int
+
+    def open(self) -> BinaryIO:
+        """Open the file for reading; StoredFileChangedError when it is no longer ours.
+
+        The check is made on the opened file itself, so nothing can be swapped in between.
+        """
+        try:
+            descriptor = os.open(self.path, _READ_FLAGS)
+        except OSError as e:  # gone, or a symlink (ELOOP under O_NOFOLLOW)
+            raise StoredFileChangedError(f"{self.path} is gone or not a regular file") from e
+        try:
+            status = os.fstat(descriptor)
+            if not self._is_same_file(status):
+                raise StoredFileChangedError(f"{self.path} was replaced or changed")
+            return open(descriptor, "rb")
+        except BaseException:
+            os.close(descriptor)
+            raise
+
+    def is_intact(self) -> bool:
+        """Whether ``path`` still holds the very file the store wrote, unchanged in size."""
+        try:
+            self.open().close()
+        except StoredFileChangedError:
+            return False
+        return True
+
+    def _is_same_file(self, status: os.stat_result) -> bool:
+        return (
+            stat.S_ISREG(status.st_mode)
+            and (status.st_dev, status.st_ino) == (self.device, self.inode)
+            and status.st_size == self.size
+        )
 
 
 class OutputStore:
     """The captured files of one session, kept in a private folder and addressed by random ids.
 
-    Ids are unguessable tokens and every lookup goes through the store's own index, so no
-    request can name a path: ``..``, absolute paths and symlinks the kernel makes never reach
-    the file system through here.
+    Ids are unguessable tokens (144 random bits) and every lookup goes through the store's
+    own index, so no request can name a path: ``..`` and absolute paths never reach the file
+    system through here. The folder is writable by the session's kernel (same user), so a
+    lookup also checks that the file is still the one written here (see :class:`StoredFile`):
+    a symlink or another file the kernel puts in its place is never served.
     """
 
     def __init__(self, directory: Path, url_prefix: str, max_bytes: int = 0) -> None:
@@ -65,30 +127,40 @@ class OutputStore:
         """Store ``data`` as a new file and return its record; StoreFullError past the cap."""
         self._check_room(len(data))
         file_id, path = self._new_path(mime_type)
-        path.write_bytes(data)
-        return self._register(file_id, mime_type, path)
+        with open(_create(path), "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            status = os.fstat(handle.fileno())
+        return self._register(file_id, mime_type, path, status)
 
     def open_text(self) -> tuple[str, IO[str]]:
         """Open a new text file to be written in pieces; call :meth:`finish_text` when done."""
         file_id, path = self._new_path("text/plain")
-        return file_id, path.open("w", encoding="utf-8")
+        return file_id, open(_create(path), "w", encoding="utf-8")
 
     def finish_text(self, file_id: str, handle: IO[str]) -> StoredFile:
         """Close a file opened by :meth:`open_text` and register it; StoreFullError past the cap."""
+        # The size and identity come from the handle we wrote, not from whatever is at the
+        # path by now.
+        handle.flush()
+        status = os.fstat(handle.fileno())
         handle.close()
         path = self.directory / f"{file_id}{_SUFFIXES['text/plain']}"
         try:
-            self._check_room(path.stat().st_size)
+            self._check_room(status.st_size)
         except StoreFullError:
-            path.unlink()
+            path.unlink(missing_ok=True)
             raise
-        return self._register(file_id, "text/plain", path)
+        return self._register(file_id, "text/plain", path, status)
 
     def get(self, file_id: str) -> StoredFile | None:
-        """The stored file with this id, or None."""
+        """The stored file with this id, or None (also when it was replaced on disk)."""
         if not FILE_ID_PATTERN.match(file_id):
             return None
-        return self._files.get(file_id)
+        stored = self._files.get(file_id)
+        if stored is None or not stored.is_intact():
+            return None
+        return stored
 
     def model(self, stored: StoredFile) -> dict[str, Any]:
         """The JSON model of a stored file, as the API returns it."""
@@ -115,8 +187,22 @@ class OutputStore:
                 f"the session's files reached their limit of {self.max_bytes} bytes"
             )
 
-    def _register(self, file_id: str, mime_type: str, path: Path) -> StoredFile:
-        stored = StoredFile(id=file_id, mime_type=mime_type, path=path, size=path.stat().st_size)
+    def _register(
+        self, file_id: str, mime_type: str, path: Path, status: os.stat_result
+    ) -> StoredFile:
+        stored = StoredFile(
+            id=file_id,
+            mime_type=mime_type,
+            path=path,
+            size=status.st_size,
+            device=status.st_dev,
+            inode=status.st_ino,
+        )
         self._files[file_id] = stored
         self._total_size += stored.size
         return stored
+
+
+def _create(path: Path) -> int:
+    """A descriptor of a new file only its owner reads; fails if anything is at ``path``."""
+    return os.open(path, _CREATE_FLAGS, 0o600)
