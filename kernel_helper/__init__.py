@@ -10,7 +10,9 @@ which, inside the running kernel:
 * shows PIL images as a single ``image/png`` (no extra ``image/jpeg`` copy);
 * makes ``input()`` and ``getpass.getpass()`` fail at once instead of waiting
   for a human who will never type;
-* turns off pip's progress bars and colours, for ``%pip`` and ``!pip`` alike.
+* turns off pip's progress bars and colours, for ``%pip`` and ``!pip`` alike;
+* keeps input history in memory, not in the SQLite file all kernels share (busy
+  sessions made it print "database is locked" into their output).
 
 This file must stay self-contained: the server may send its source to a kernel
 whose Python does not have this package installed, where it is run through
@@ -96,6 +98,25 @@ def setup(working_dir: str | None = None, memory_limit: int | None = None) -> No
     _close_figures_once_shown(shell)
     _show_pil_images_as_png(shell)
     _disable_stdin(shell)
+    _keep_history_in_memory(shell)
+
+
+def _keep_history_in_memory(shell: Any) -> None:
+    """Stop writing input history to IPython's shared SQLite file.
+
+    Every kernel of the user writes to the same ``history.sqlite``; with many sessions busy,
+    its saving thread hits "database is locked" and prints that into the current call's
+    output. ``In``, ``Out`` and ``%history`` of the session keep working from memory.
+    """
+    history = getattr(shell, "history_manager", None)
+    if history is None or not getattr(history, "enabled", False):
+        return
+    history.using_thread = False
+    thread = getattr(history, "save_thread", None)
+    if thread is not None:
+        thread.stop()
+        history.save_thread = None
+    history.enabled = False
 
 
 def setup_code(working_dir: str | None = None, memory_limit: int | None = None) -> str:
