@@ -18,7 +18,7 @@ from typing import Any
 import nbformat
 from jupyter_core.utils import ensure_async
 
-from .store import OutputStore
+from .store import OutputStore, StoredFileChangedError
 
 _BINARY_MIME_TYPES = frozenset({"image/png", "image/jpeg"})
 
@@ -64,9 +64,14 @@ def _mime_bundle(item: dict[str, Any], store: OutputStore) -> dict[str, Any]:
     data: dict[str, Any] = {"text/plain": item["text"] or ""}
     for file_id in item["files"]:
         stored = store.get(file_id)
-        if stored is None or not stored.path.is_file():
+        if stored is None:
             continue
-        raw = stored.path.read_bytes()
+        try:
+            # Read through the store, as downloads are: the kernel may swap the file meanwhile.
+            with stored.open() as handle:
+                raw = handle.read()
+        except StoredFileChangedError:
+            continue
         if stored.mime_type in _BINARY_MIME_TYPES:
             data[stored.mime_type] = base64.b64encode(raw).decode("ascii")
         else:
