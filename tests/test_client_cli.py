@@ -225,3 +225,13 @@ def test_run_starts_an_embedded_server_without_url(tmp_path: Path) -> None:
     assert (tmp_path / "made-here.txt").exists()
     # The server's own files lived in a temporary folder, not in the user's.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["here.py", "made-here.txt"]
+
+
+def test_the_readme_quickstart_example_runs(server: LocalJupyterServer, tmp_path: Path) -> None:
+    # The README's main job: this script must keep working, with its plot saved.
+    example = Path(__file__).parents[1] / "examples" / "quickstart.py"
+    done = jupyter_exec("run", str(example), "--output-dir", str(tmp_path), server=server)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "25 primes below 100" in done.stdout
+    (image,) = tmp_path.iterdir()
+    assert f"Image data saved to {image.resolve()}" in done.stdout
