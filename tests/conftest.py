@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,14 @@ def pytest_runtest_makereport(
         reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"Skipped under CI, where every test must run: {reason}"
+
+
+def free_port() -> int:
+    """A port nothing listens on now, for a server subprocess (started with port_retries=0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 #: A short default keeps a test whose code hangs from waiting for the 60 s production default.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -33,6 +32,8 @@ from jupyter_exec_client import (
     UnknownKernelError,
 )
 from jupyter_exec_client.local_server import _other_extensions
+
+from .conftest import free_port
 
 TOKEN = "fallback-test-token"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -60,13 +61,6 @@ class PlainServer:
         )
         answer.raise_for_status()
         return {kernel["id"] for kernel in answer.json()}
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _start(command: list[str], info: JupyterConnectionInfo, folder: Path) -> PlainServer:
@@ -115,7 +109,7 @@ def kernel_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlainSe
     if importlib.util.find_spec("kernel_gateway") is None:
         pytest.skip("jupyter_kernel_gateway is not installed")
     folder = tmp_path_factory.mktemp("gateway")
-    port = _free_port()
+    port = free_port()
     command = [
         sys.executable, "-m", "jupyter", "kernelgateway",
         f"--KernelGatewayApp.auth_token={TOKEN}",
@@ -137,7 +131,7 @@ def kernel_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlainSe
 def plain_jupyter_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlainServer]:
     """``jupyter server`` with the (auto-enabled) extension disabled, under a base_url."""
     folder = tmp_path_factory.mktemp("plain-server")
-    port = _free_port()
+    port = free_port()
     command = [
         sys.executable, "-m", "jupyter_server", "--no-browser",
         "--ServerApp.ip=127.0.0.1",

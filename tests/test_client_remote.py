@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,8 @@ from jupyter_exec_client import (
     ServerConnectionError,
 )
 from jupyter_exec_client.local_server import _other_extensions
+
+from .conftest import free_port
 
 TOKEN = "remote-test-token"
 BASE_PATH = "/user/alice/"
@@ -106,18 +107,11 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     return Certificates(folder / "ca.pem", folder / "server.pem", folder / "server.key")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _https_server(
     certificates: Certificates, folder: Path, *, extension: bool
 ) -> Iterator[HttpsServer]:
     """Run ``jupyter server`` over HTTPS under BASE_PATH until the generator is closed."""
-    port = _free_port()
+    port = free_port()
     command = [
         sys.executable, "-m", "jupyter_server", "--no-browser",
         "--ServerApp.ip=127.0.0.1",

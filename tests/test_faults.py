@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import psutil
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from .conftest import Api
+from .conftest import Api, free_port
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -107,13 +106,6 @@ async def test_a_storm_in_one_kernel_does_not_hang_the_server(api: Api, storm: s
     assert (await api.execute(stormy["id"], "'still here'"))["output"] == "'still here'\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _call(url: str, token: str, method: str = "GET", body: Any = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
@@ -125,7 +117,7 @@ def _call(url: str, token: str, method: str = "GET", body: Any = None) -> Any:
 
 
 def test_sigterm_leaves_no_kernel_and_complete_transcripts(tmp_path: Path) -> None:
-    port, token = _free_port(), "t"
+    port, token = free_port(), "t"
     process = subprocess.Popen(
         [
             sys.executable, "-m", "jupyter", "server", "--no-browser", "--allow-root",

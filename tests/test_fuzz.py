@@ -11,7 +11,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,18 +25,13 @@ from hypothesis import HealthCheck, settings
 
 from jupyter_exec_ext.spec import load_spec
 
+from .conftest import free_port
+
 #: Generated requests per operation: 8 operations x 260 is over 2,000 requests in all.
 EXAMPLES_PER_OPERATION = int(os.environ.get("FUZZ_EXAMPLES", "260"))
 TOKEN = "fuzz-token"
 
 schema = schemathesis.openapi.from_dict(load_spec())
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _call(url: str, method: str = "GET", body: Any = None) -> Any:
@@ -54,7 +48,7 @@ def _call(url: str, method: str = "GET", body: Any = None) -> Any:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A real `jupyter server` with a live session and one captured file."""
     root: Path = tmp_path_factory.mktemp("fuzz-root")
-    port = _free_port()
+    port = free_port()
     # The server's log, to read when an answer was a 5xx: pytest names the folder it is in.
     log = (root.parent / "server.log").open("w")
     process = subprocess.Popen(

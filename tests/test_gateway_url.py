@@ -34,6 +34,8 @@ from jupyter_server.services.kernels.connection.base import serialize_binary_mes
 
 from jupyter_exec_ext.gateway import GatewayKernelWebsocket, _ChannelQueue, kernel_spec_from_model
 
+from .conftest import free_port
+
 GATEWAY_TOKEN = "gateway-token"
 SERVER_TOKEN = "server-token"
 #: Not the root, so a hard-coded ``/api/...`` in the extension shows up at once.
@@ -45,14 +47,6 @@ needs_gateway = pytest.mark.skipif(
     importlib.util.find_spec("kernel_gateway") is None,
     reason="jupyter_kernel_gateway is not installed (pip install jupyter_kernel_gateway)",
 )
-
-
-def _free_port() -> int:
-    """A port nothing listens on now (both servers get port_retries=0: no other is tried)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -234,7 +228,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     server_tmp = folder / "server-tmp"
     server_tmp.mkdir()
     base_env = {**os.environ, "JUPYTER_PLATFORM_DIRS": "1"}
-    gateway_port, server_port = _free_port(), _free_port()
+    gateway_port, server_port = free_port(), free_port()
 
     gateway_process = _start(
         [

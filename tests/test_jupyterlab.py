@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ from typing import Any
 import nbformat
 import psutil
 import pytest
+
+from .conftest import free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -47,13 +48,6 @@ def _require_browser() -> tuple[Any, Any]:
     return sync_playwright, expect
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _call(url: str, token: str, method: str = "GET", body: Any = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
@@ -69,7 +63,7 @@ def jupyter_lab(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
     """`jupyter lab` as a person starts it, with the extension enabled by its install."""
     root = tmp_path / "root"
     root.mkdir()
-    port, token = _free_port(), "lab-token"
+    port, token = free_port(), "lab-token"
     log = (tmp_path / "lab.log").open("w")
     process = subprocess.Popen(
         [

@@ -8,7 +8,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ import pytest
 import requests
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
+
+from .conftest import free_port
 
 # Only looked up, not imported: the gateway runs in its own process, and importing it here
 # would only bring its import-time warnings into this one.
@@ -39,14 +40,6 @@ ORIGIN = "https://agent.example"
 DEFAULT_TIMEOUT = 3
 #: Calls that should finish get this much, well above DEFAULT_TIMEOUT on a loaded machine.
 CALL_TIMEOUT = 60
-
-
-def _free_port() -> int:
-    """A port nothing listens on now (the gateway gets port_retries=0, so no other is tried)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -118,7 +111,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """``jupyter kernelgateway`` serving the agent-session API, as the README starts it."""
     root_dir = tmp_path_factory.mktemp("gateway-root")
     jupyter_dirs = tmp_path_factory.mktemp("gateway-jupyter")
-    port = _free_port()
+    port = free_port()
     log_path = jupyter_dirs / "gateway.log"
     command = [
         sys.executable, "-m", "jupyter", "kernelgateway",

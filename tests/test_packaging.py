@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from openapi_spec_validator import validate
 from jupyter_exec_ext.handlers import default_handlers
 from jupyter_exec_ext.manager import AgentSessionManager
 from jupyter_exec_ext.spec import load_spec
+
+from .conftest import free_port
 
 
 def test_extension_is_enabled_and_ok_after_install() -> None:
@@ -81,13 +82,6 @@ def test_settings_come_from_the_command_line(manager: Any) -> None:
     assert manager.default_timeout == 7
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _call(url: str, token: str, method: str = "GET", body: Any = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
@@ -105,7 +99,7 @@ def _call(url: str, token: str, method: str = "GET", body: Any = None) -> tuple[
 @pytest.fixture
 def plain_jupyter_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """`jupyter server` as a user starts it: no flag names the extension."""
-    port, token = _free_port(), "ci-token"
+    port, token = free_port(), "ci-token"
     process = subprocess.Popen(
         [
             sys.executable, "-m", "jupyter", "server", "--no-browser", "--allow-root",

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,8 @@ import psutil
 import pytest
 import requests
 from PIL import Image
+
+from .conftest import free_port
 
 SESSIONS = 20
 CALLS = 500
@@ -70,13 +71,6 @@ class Usage:
         return cls(process.memory_info().rss, process.num_fds(), process.num_threads())
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass(frozen=True)
 class Server:
     """A running ``jupyter server``: its agent-session url, token, process and root folder."""
@@ -91,7 +85,7 @@ class Server:
 @pytest.fixture
 def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
     """A real ``jupyter server`` with room for every agent; the param turns transcripts on."""
-    port, token = _free_port(), "soak"
+    port, token = free_port(), "soak"
     log = (tmp_path / "server.log").open("wb")
     process = subprocess.Popen(
         [
