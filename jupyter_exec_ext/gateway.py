@@ -21,8 +21,6 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections import deque
-from queue import Empty
 from typing import Any
 
 from jupyter_client.jsonutil import json_default
@@ -40,6 +38,7 @@ from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, w
 from traitlets import Float, Integer
 from traitlets.config import LoggingConfigurable
 
+from .channels import ChannelQueue
 from .kernel import KernelConnection, KernelDied
 
 #: The kernel states the gateway announces on IOPub when a kernel process died: it is being
@@ -66,68 +65,10 @@ def kernel_spec_from_model(model: dict[str, Any]) -> KernelSpec:
     return KernelSpec(name=str(model.get("name", "")), **fields)
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
 def _retrieve_exception(future: asyncio.Future[None]) -> None:
     """Mark a failed write's exception as seen (the lost websocket is handled in _read)."""
     if not future.cancelled():
         future.exception()
-
-
-class _ChannelQueue:
-    """The messages of one channel in arrival order; a reader waits on a future, never polls.
-
-    Unlike ``asyncio.wait_for(queue.get(), timeout)`` on Python < 3.12, a message is never lost
-    when the timeout and its arrival coincide: it is taken only once the reader runs again.
-    """
-
-    def __init__(self) -> None:
-        self._messages: deque[dict[str, Any]] = deque()
-        self._waiters: list[asyncio.Future[None]] = []
-        #: No more messages will come on this connection: a reader gets the rest, then Empty.
-        self.closed = False
-
-    def put(self, message: dict[str, Any]) -> None:
-        """Add a message and wake the readers."""
-        self._messages.append(message)
-        self._wake_all()
-
-    def close(self) -> None:
-        """Mark the end of the messages; waiting readers get ``Empty`` at once."""
-        self.closed = True
-        self._wake_all()
-
-    def _wake_all(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            _wake(waiter)
-
-    async def get(self, timeout: float | None) -> dict[str, Any]:
-        """The next message; ``queue.Empty`` after ``timeout`` seconds (None: no limit)."""
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        while not self._messages:
-            if self.closed:
-                raise Empty
-            timer = None
-            waiter: asyncio.Future[None] = loop.create_future()
-            if deadline is not None:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise Empty
-                timer = loop.call_later(remaining, _wake, waiter)
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if timer is not None:
-                    timer.cancel()
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-        return self._messages.popleft()
 
 
 class GatewayKernelWebsocket(LoggingConfigurable):
@@ -180,7 +121,7 @@ class GatewayKernelWebsocket(LoggingConfigurable):
         self.session = Session()
         #: "restarting" or "dead" once the gateway announced that the kernel process died.
         self.kernel_state: str | None = None
-        self._queues = {"shell": _ChannelQueue(), "iopub": _ChannelQueue()}
+        self._queues = {"shell": ChannelQueue(), "iopub": ChannelQueue()}
         self._websocket: WebSocketClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._connecting = asyncio.Lock()

@@ -11,6 +11,7 @@ from typing import Any
 from jupyter_core.utils import ensure_async
 
 from .capture import OutputCapture
+from .channels import LocalKernelChannels
 
 #: How often a waiting execution checks that the kernel process is still alive, in seconds.
 #: Only executions that are waiting poll, so an idle server does no work at all.
@@ -82,20 +83,16 @@ class KernelConnection:
         await self._wait_for_iopub(timeout)
 
     async def _open_client(self) -> Any:
-        """A started client of the kernel with the API of jupyter_client's AsyncKernelClient.
+        """A started client of the kernel with the API of :class:`LocalKernelChannels`.
 
-        Used: ``execute``, ``kernel_info``, ``get_iopub_msg``, ``get_shell_msg`` and
-        ``stop_channels``. Subclasses for remote kernels return their own.
+        Subclasses for remote kernels return their own.
         """
         kernel = self._kernel
         # In this order: stop_restarter does nothing once autorestart is off, and a restarter
         # left running would race the session's own restart and orphan a kernel process.
         kernel.stop_restarter()
         kernel.autorestart = False
-        client = kernel.client()
-        client.allow_stdin = False
-        client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
-        return client
+        return LocalKernelChannels(self.kernel_manager, self.kernel_id)
 
     async def _wait_for_iopub(self, timeout: float) -> None:
         """Send kernel_info until its status arrives on IOPub, so no early output is missed.

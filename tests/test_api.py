@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -226,3 +227,27 @@ async def test_unknown_or_hostile_file_id_is_404(api: Api, file_id: str) -> None
     session = await api.create()
     reply = await api.request("GET", session["id"], "files", file_id)
     assert reply.status == 404
+
+
+async def test_kernel_activity_is_recorded_for_the_server(api: Api, jp_serverapp: Any) -> None:
+    # The session's client takes over jupyter_server's activity watcher for its kernel: the
+    # server's kernel model, its culler and JupyterLab still see what the kernel does.
+    model = await api.create()
+    kernel = jp_serverapp.kernel_manager.get_kernel(model["kernel_id"])
+    before = kernel.last_activity
+    states: list[str] = []
+
+    async def watch() -> None:
+        while True:
+            states.append(kernel.execution_state)
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await api.execute(model["id"], "import time; time.sleep(0.5)")
+    finally:
+        watcher.cancel()
+    assert "busy" in states
+    assert kernel.execution_state == "idle"
+    assert kernel.last_activity > before
+    assert jp_serverapp.kernel_manager.last_kernel_activity >= kernel.last_activity

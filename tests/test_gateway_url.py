@@ -32,7 +32,8 @@ import pytest
 import requests
 from jupyter_server.services.kernels.connection.base import serialize_binary_message
 
-from jupyter_exec_ext.gateway import GatewayKernelWebsocket, _ChannelQueue, kernel_spec_from_model
+from jupyter_exec_ext.channels import ChannelQueue
+from jupyter_exec_ext.gateway import GatewayKernelWebsocket, kernel_spec_from_model
 
 from .conftest import free_port
 
@@ -579,7 +580,7 @@ def test_messages_are_read_as_text_or_with_binary_buffers() -> None:
 
 def test_channel_queue_waits_without_losing_messages() -> None:
     async def scenario() -> None:
-        queue = _ChannelQueue()
+        queue = ChannelQueue()
         with pytest.raises(Empty):
             await queue.get(timeout=0.05)
         loop = asyncio.get_running_loop()
@@ -607,7 +608,7 @@ def test_channel_queue_waits_without_losing_messages() -> None:
 
 def test_channel_queue_wakes_a_reader_when_closed() -> None:
     async def scenario() -> None:
-        queue = _ChannelQueue()
+        queue = ChannelQueue()
         loop = asyncio.get_running_loop()
         loop.call_later(0.05, queue.close)
         started = loop.time()
