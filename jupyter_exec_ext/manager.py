@@ -32,6 +32,10 @@ from .transcript import Transcript
 SESSION_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
+#: Tries to start a session's kernel: one more when a kernel dies while starting.
+_KERNEL_START_ATTEMPTS = 2
+
+
 class AgentSessionManager(LoggingConfigurable):
     """Creates, finds, runs and deletes agent sessions; every knob of their behaviour is here."""
 
@@ -428,16 +432,27 @@ class AgentSessionManager(LoggingConfigurable):
             connection = await self._pool.take(kernel_name)
             if connection is not None:
                 return connection
-        try:
-            return await self.kernel_connection_class.start(
-                self.kernel_manager,
-                kernel_name,
-                self.log,
-                timeout=self.kernel_start_timeout,
-                **self._kernel_path_kwargs(working_dir),
-            )
-        except (KernelDied, TimeoutError) as e:
-            raise web.HTTPError(500, f"The kernel {kernel_name!r} failed to start: {e}") from e
+        attempts_left = _KERNEL_START_ATTEMPTS
+        while True:
+            attempts_left -= 1
+            try:
+                return await self.kernel_connection_class.start(
+                    self.kernel_manager,
+                    kernel_name,
+                    self.log,
+                    timeout=self.kernel_start_timeout,
+                    **self._kernel_path_kwargs(working_dir),
+                )
+            except KernelDied as e:
+                if not attempts_left:
+                    raise web.HTTPError(
+                        500, f"The kernel {kernel_name!r} failed to start: {e}"
+                    ) from e
+                # Jupyter picks a kernel's ports before the kernel binds them, so kernels
+                # started at the same moment can collide ("Address already in use").
+                self.log.warning("%s; starting another %s kernel", e, kernel_name)
+            except TimeoutError as e:
+                raise web.HTTPError(500, f"The kernel {kernel_name!r} failed to start: {e}") from e
 
     async def _start_pooled_kernel(self, kernel_name: str) -> KernelConnection:
         """Start a kernel for the pool, with the kernel helper already loaded."""
