@@ -1,6 +1,6 @@
 """jupyter_exec_client: run code in stateful Jupyter kernels, the way AutoGen's executor does.
 
-A light client (only ``requests``) for the agent-session API of the ``jupyter_exec_ext``
+A light client (only ``requests`` and its urllib3) for the agent-session API of the ``jupyter_exec_ext``
 server extension; servers without it (a plain Jupyter server, Kernel Gateway) are used
 through their kernels API and a kernel websocket (``pip install
 "jupyter-exec-client[websocket]"``)::

@@ -14,8 +14,9 @@ class JupyterConnectionInfo:
     """The address and token of a Jupyter server (the fields of AutoGen's class, and more).
 
     ``base_path`` is the server's ``base_url`` (``/user/alice/`` for a JupyterHub user
-    server); ``verify`` is passed to ``requests``: True checks TLS certificates against the
-    system's CAs, a path names a CA bundle, False turns checking off.
+    server); ``verify`` means what it means to ``requests``: True checks TLS certificates
+    against ``REQUESTS_CA_BUNDLE`` (or certifi's CAs), a path names a CA bundle, False turns
+    checking off.
     """
 
     host: str
