@@ -13,6 +13,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from jupyter_core.utils import ensure_async
+from jupyter_server.services.contents.filemanager import (
+    AsyncFileContentsManager,
+    FileContentsManager,
+)
 from jupyter_server.utils import url_path_join
 from tornado import web
 from tornado.ioloop import PeriodicCallback
@@ -286,7 +290,10 @@ class AgentSessionManager(LoggingConfigurable):
         self, kernel_name: str | None = None, name: str | None = None
     ) -> dict[str, Any]:
         """Start a session with a kernel of its own and return its model."""
-        if self.max_sessions and len(self._sessions) + len(self._reserved_names) >= self.max_sessions:
+        if (
+            self.max_sessions
+            and len(self._sessions) + len(self._reserved_names) >= self.max_sessions
+        ):
             raise web.HTTPError(
                 429,
                 f"Too many agent sessions: this server runs at most {self.max_sessions}; delete "
@@ -501,13 +508,14 @@ class AgentSessionManager(LoggingConfigurable):
         transcript = Transcript(
             self.contents_manager,
             path,
-            {
+            kernelspec={
                 "name": kernel_name,
                 "display_name": str(getattr(spec, "display_name", kernel_name)),
                 "language": str(getattr(spec, "language", "")),
             },
-            store,
-            self.log,
+            store=store,
+            log=self.log,
+            os_path=self._os_path(path),
             write_interval=self.transcript_write_interval,
         )
         transcript.start()
@@ -516,6 +524,12 @@ class AgentSessionManager(LoggingConfigurable):
         )
         self._server_sessions[session.id] = model["id"]
         return transcript
+
+    def _os_path(self, api_path: str) -> Path | None:
+        """Where an API path is on disk, if the contents manager keeps notebooks as files."""
+        if not isinstance(self.contents_manager, (FileContentsManager, AsyncFileContentsManager)):
+            return None
+        return Path(self.contents_manager.root_dir, *api_path.split("/"))
 
     async def _unused_path(self, folder: str, file_name: str) -> str:
         name = PurePosixPath(file_name)

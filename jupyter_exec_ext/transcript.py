@@ -1,10 +1,18 @@
 """Transcript notebooks: every call of a session appended as a code cell, for people to read.
 
-The transcript is written through the server's contents manager, so it is an ordinary
-notebook of the server: the file browser shows it, and JupyterLab opens it on the session's
-live kernel. Writes happen off the request path, in order, one session at a time, and calls
-that come close together are gathered into one write: rewriting a notebook costs far more than
-a small call, so writing after every call would make the server several times slower.
+The transcript is an ordinary notebook of the server: the file browser shows it, and
+JupyterLab opens it on the session's live kernel. Writes happen off the request path, in
+order, one session at a time, and calls that come close together are gathered into one write.
+
+Rewriting a whole notebook costs time and memory in proportion to its length, and an agent's
+session can run for thousands of calls. So when the server keeps notebooks as files, the
+transcript is written with its cells last, and new cells are written over the closing
+brackets: a call costs the same in the ten-thousandth cell as in the first, and the server
+holds no copy of the notebook. When the file changed since our last write (a person edited
+it) or the contents manager keeps no files, the notebook is read, extended and written whole.
+
+The transcript is not signed as trusted: its outputs come from agent code, so JupyterLab
+treats them like those of any notebook from elsewhere.
 """
 
 from __future__ import annotations
@@ -12,7 +20,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import nbformat
@@ -21,6 +33,9 @@ from jupyter_core.utils import ensure_async
 from .store import OutputStore, StoredFileChangedError
 
 _BINARY_MIME_TYPES = frozenset({"image/png", "image/jpeg"})
+
+#: How our transcripts end: the close of the cell list, then of the notebook.
+_TAIL = b"\n ]\n}\n"
 
 
 def notebook_outputs(result: dict[str, Any], store: OutputStore) -> list[Any]:
@@ -47,7 +62,9 @@ def notebook_outputs(result: dict[str, Any], store: OutputStore) -> list[Any]:
                 )
             )
         elif kind == "note":
-            outputs.append(nbformat.v4.new_output("stream", name="stderr", text=f"[{item['text']}]\n"))
+            outputs.append(
+                nbformat.v4.new_output("stream", name="stderr", text=f"[{item['text']}]\n")
+            )
         elif kind == "truncated":
             where = f"; the whole output is in file {item['file']}" if item["file"] else ""
             outputs.append(
@@ -79,6 +96,26 @@ def _mime_bundle(item: dict[str, Any], store: OutputStore) -> dict[str, Any]:
     return data
 
 
+def _cell_json(cell: dict[str, Any]) -> str:
+    text = json.dumps(cell, indent=1, sort_keys=True, ensure_ascii=False)
+    # split("\n"), not splitlines(): strings may hold U+2028 or U+0085, which json.dumps
+    # leaves as they are and splitlines() would treat as line ends.
+    return "\n".join("  " + line for line in text.split("\n"))
+
+
+def notebook_bytes(notebook: dict[str, Any]) -> bytes:
+    """The notebook as JSON with its cells last, so that cells can be appended in place."""
+    head = json.dumps(
+        {key: value for key, value in notebook.items() if key != "cells"},
+        indent=1,
+        sort_keys=True,
+        ensure_ascii=False,
+    )
+    cells = ",\n".join(_cell_json(cell) for cell in notebook["cells"])
+    # head ends with "\n}": the cells go in before that brace.
+    return f'{head[:-2]},\n "cells": [\n{cells}'.encode() + _TAIL
+
+
 class Transcript:
     """The transcript notebook of one session, appended to in the background, in call order."""
 
@@ -86,18 +123,23 @@ class Transcript:
         self,
         contents_manager: Any,
         path: str,
+        *,
         kernelspec: dict[str, str],
         store: OutputStore,
         log: logging.Logger,
+        os_path: Path | None = None,
         write_interval: float = 0.0,
     ) -> None:
         """Write to ``path`` (an API path of ``contents_manager``).
 
-        A queued cell is written at most ``write_interval`` seconds after its call ended,
-        together with the cells of the calls that came meanwhile.
+        ``os_path`` is where that path is on disk when the contents manager keeps files:
+        cells are then appended in place. A queued cell is written at most
+        ``write_interval`` seconds after its call ended, together with the cells of the calls
+        that came meanwhile.
         """
         self.contents_manager = contents_manager
         self.path = path
+        self.os_path = os_path
         self.kernelspec = kernelspec
         self.store = store
         self.log = log
@@ -105,17 +147,14 @@ class Transcript:
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._write_now = asyncio.Event()
-        # The notebook as last written, and the file's modification time then: while the file
-        # is unchanged, appending needs no re-reading (parsing, validating and checking the
-        # signature of the whole notebook cost more than the rest of a write).
-        self._written: Any = None
-        self._written_at: Any = None
+        # The file's size and modification time after our last write, and whether it held
+        # cells: while they hold, the file is ours to append to.
+        self._on_disk: tuple[int, int, bool] | None = None
 
     def start(self) -> None:
         """Write the empty notebook in the background; cells queued meanwhile follow it.
 
-        Off the session's start: saving a notebook costs tens of milliseconds (an empty one
-        is signed as trusted, which writes to the notary's database).
+        Off the session's start: the first write of a session creates its folder and file.
         """
         self._writer = asyncio.ensure_future(self._create_and_write())
 
@@ -147,11 +186,13 @@ class Transcript:
                     await asyncio.wait_for(self._write_now.wait(), self.write_interval)
             calls, self._pending = self._pending, []
             try:
-                notebook = await self._load()
-                notebook.cells.extend(self._cell(code, result) for code, result in calls)
-                await self._save(notebook)
+                cells = [self._cell(code, result) for code, result in calls]
+                if not self._append_in_place(cells):
+                    notebook = await self._load()
+                    notebook.cells.extend(cells)
+                    await self._save(notebook)
             except Exception:
-                self._written = None  # read the file afresh next time
+                self._on_disk = None  # read the file afresh next time
                 self.log.exception("Could not append to the transcript %s", self.path)
 
     def _cell(self, code: str, result: dict[str, Any]) -> Any:
@@ -163,14 +204,34 @@ class Transcript:
         cell.metadata["agent_session"] = {"status": result["status"]}
         return cell
 
+    def _append_in_place(self, cells: list[Any]) -> bool:
+        """Write ``cells`` over the end of a file that is as we left it; False if it is not."""
+        if self.os_path is None or self._on_disk is None:
+            return False
+        size, mtime, has_cells = self._on_disk
+        try:
+            with self.os_path.open("r+b") as file:
+                stat = os.fstat(file.fileno())
+                if (stat.st_size, stat.st_mtime_ns) != (size, mtime) or size < len(_TAIL):
+                    return False
+                file.seek(size - len(_TAIL))
+                if file.read() != _TAIL:
+                    return False
+                file.seek(size - len(_TAIL))
+                separator = ",\n" if has_cells else ""
+                added = separator + ",\n".join(_cell_json(cell) for cell in cells)
+                file.write(added.encode() + _TAIL)
+                file.flush()
+                stat = os.fstat(file.fileno())
+        except FileNotFoundError:
+            return False
+        self._on_disk = (stat.st_size, stat.st_mtime_ns, True)
+        return True
+
     async def _load(self) -> Any:
         """The notebook as it is on disk (a person may have edited it), or a new one."""
         if not await ensure_async(self.contents_manager.file_exists(self.path)):
             return self._new_notebook()
-        if self._written is not None:
-            model = await ensure_async(self.contents_manager.get(self.path, content=False))
-            if model["last_modified"] == self._written_at:
-                return self._written
         model = await ensure_async(self.contents_manager.get(self.path, content=True))
         return nbformat.from_dict(model["content"])
 
@@ -181,7 +242,35 @@ class Transcript:
         return notebook
 
     async def _save(self, notebook: Any) -> None:
+        """Write the whole notebook: as a file of our layout, or through the contents manager."""
         nbformat.validate(notebook)
-        model = {"type": "notebook", "format": "json", "content": notebook}
-        saved = await ensure_async(self.contents_manager.save(model, self.path))
-        self._written, self._written_at = notebook, saved["last_modified"]
+        if self.os_path is None:
+            model = {"type": "notebook", "format": "json", "content": notebook}
+            await ensure_async(self.contents_manager.save(model, self.path))
+            return
+        self._on_disk = None
+        # In a thread: a long notebook takes a while to encode and write.
+        self._on_disk = await asyncio.to_thread(self._replace_file, notebook)
+
+    def _replace_file(self, notebook: Any) -> tuple[int, int, bool]:
+        """Write the whole notebook as a new file renamed over the old one, so that a reader
+        never sees half a notebook; return the new file's size, mtime and whether it has cells.
+        """
+        assert self.os_path is not None
+        data = notebook_bytes(notebook)
+        self.os_path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(
+            dir=self.os_path.parent, prefix=f".{self.os_path.name}.", suffix=".tmp"
+        )
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.write(data)
+            # mkstemp makes the file private; a transcript is as readable as it was before.
+            mode = self.os_path.stat().st_mode & 0o777 if self.os_path.exists() else 0o644
+            os.chmod(temporary, mode)
+            os.replace(temporary, self.os_path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        stat = self.os_path.stat()
+        return stat.st_size, stat.st_mtime_ns, bool(notebook.cells)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
+
+from jupyter_exec_ext.store import OutputStore
+from jupyter_exec_ext.transcript import Transcript
 
 from .conftest import Api
 
@@ -19,8 +23,8 @@ async def read_transcript(root: Path, path: str, cells: int) -> Any:
     for _ in range(200):
         try:
             notebook = nbformat.read(root / path, as_version=4)
-        except nbformat.reader.NotJSONError:
-            # jupyter_server's atomic writing rewrites the file in place: caught mid-write.
+        except (FileNotFoundError, nbformat.reader.NotJSONError):
+            # Not written yet, or caught in the middle of an append.
             notebook = None
         if notebook is not None and len(notebook.cells) >= cells:
             break
@@ -130,3 +134,57 @@ async def test_a_persons_edit_between_calls_is_kept(api: Api, jp_root_dir: Path)
     notebook = await read_transcript(jp_root_dir, session["transcript_path"], 3)
     assert [cell.cell_type for cell in notebook.cells] == ["code", "markdown", "code"]
     assert notebook.cells[1].source == "A note from a person"
+
+
+async def test_calls_are_appended_without_rewriting_the_notebook(
+    api: Api, jp_root_dir: Path
+) -> None:
+    # A rewrite replaces the file (a new inode) and costs as much as the notebook is long;
+    # an append writes over its end, so a long session's calls stay cheap.
+    session = await api.create()
+    await api.execute(session["id"], "1")
+    path = jp_root_dir / session["transcript_path"]
+    await read_transcript(jp_root_dir, session["transcript_path"], 1)
+    inode = path.stat().st_ino
+    for number in range(2, 5):
+        await api.execute(session["id"], str(number))
+    notebook = await read_transcript(jp_root_dir, session["transcript_path"], 4)
+    assert [cell.source for cell in notebook.cells] == ["1", "2", "3", "4"]
+    assert path.stat().st_ino == inode
+
+
+async def test_unusual_characters_reach_the_transcript_unchanged(
+    api: Api, jp_root_dir: Path
+) -> None:
+    text = "line\u2028separator \x85 next-line \u00e9 \U0001f600 \"quoted\" \\ back"
+    session = await api.create()
+    await api.execute(session["id"], f"print({text!r})")
+    notebook = await read_transcript(jp_root_dir, session["transcript_path"], 1)
+    assert notebook.cells[0].source == f"print({text!r})"
+    assert notebook.cells[0].outputs[0].text == text + "\n"
+
+
+async def test_without_files_the_notebook_is_saved_through_the_contents_manager(
+    jp_serverapp: Any, jp_root_dir: Path, tmp_path: Path
+) -> None:
+    # Contents managers that keep no files (a database, S3) get whole notebooks to save.
+    transcript = Transcript(
+        jp_serverapp.contents_manager,
+        "kept-elsewhere.ipynb",
+        kernelspec={"name": "python3", "display_name": "Python 3", "language": "python"},
+        store=OutputStore(tmp_path / "store", "/files/"),
+        log=logging.getLogger("test"),
+    )
+    result = {
+        "status": "ok",
+        "execution_count": 1,
+        "outputs": [{"type": "stream", "name": "stdout", "text": "hi\n"}],
+    }
+    transcript.start()
+    transcript.append("print('hi')", result)
+    await transcript.flush()
+    transcript.append("print('hi')", {**result, "execution_count": 2})
+    await transcript.flush()
+    notebook = nbformat.read(jp_root_dir / "kept-elsewhere.ipynb", as_version=4)
+    assert [cell.execution_count for cell in notebook.cells] == [1, 2]
+    assert notebook.cells[1].outputs[0].text == "hi\n"
