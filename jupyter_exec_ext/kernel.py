@@ -99,19 +99,24 @@ class KernelConnection:
 
         IOPub is a PUB/SUB socket: messages published before our subscription reached the
         kernel are lost, and only a message we see proves that the subscription is in place.
+        Requests go out often at first (a kernel boots in a few tenths of a second) and the
+        answer to any of them will do: the kernel answers them in order once it is up, so the
+        first whose status is published after the subscription took hold ends the wait.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        attempt_timeout = 0.25
+        attempt_timeout = 0.05
+        sent: set[str] = set()
         while loop.time() < deadline:
-            msg_id = self._client.kernel_info()
+            sent.add(self._client.kernel_info())
             attempt_end = loop.time() + attempt_timeout
             while (remaining := attempt_end - loop.time()) > 0:
                 try:
                     msg = await self._client.get_iopub_msg(timeout=remaining)
                 except Empty:
                     break
-                if msg["parent_header"].get("msg_id") == msg_id:
+                msg_id = msg["parent_header"].get("msg_id")
+                if msg_id in sent:
                     await self._drain_shell(msg_id)
                     return
             if not await self.is_alive():
