@@ -1,6 +1,6 @@
 """jupyter_exec_client: run code in stateful Jupyter kernels, the way AutoGen's executor does.
 
-A light client (only ``requests`` and its urllib3) for the agent-session API of the ``jupyter_exec_ext``
+A light client (only ``requests``) for the agent-session API of the ``jupyter_exec_ext``
 server extension; servers without it (a plain Jupyter server, Kernel Gateway) are used
 through their kernels API and a kernel websocket (``pip install
 "jupyter-exec-client[websocket]"``)::
@@ -17,6 +17,7 @@ from __future__ import annotations
 from ._version import __version__
 from .blocks import CodeBlock, IPythonCodeResult, MarkdownCodeExtractor
 from .connection import JupyterConnectable, JupyterConnectionInfo
+
 # Imports the docker package only when a DockerJupyterServer is made.
 from .docker_server import DockerJupyterServer
 from .errors import (

@@ -1,30 +1,16 @@
-"""HTTP for the API flows: one pool of kept-alive connections, driven blocking or from a thread.
-
-Requests go through urllib3, the connection pool under ``requests``: a call through
-``requests.Session`` costs about 1 ms more (it merges the environment's proxy and CA settings,
-cookies and hooks anew for every request), a sixth of a whole small call. The environment is
-read once, when the pool is made, with the rules ``requests`` applies.
-"""
+"""HTTP for the API flows: kept-alive connections to a server, used blocking or from a thread."""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
-import os
 import re
+import ssl
 from typing import Any, TypeVar
 
-import requests.utils
-import urllib3
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    HTTPError,
-    NewConnectionError,
-    ReadTimeoutError,
-    SSLError,
-)
-
 from ._api import Request, Response
+from ._http import ConnectFailed, ConnectionPool
 from ._kernel_protocol import (
     ChannelClosedError,
     CloseChannel,
@@ -44,8 +30,8 @@ T = TypeVar("T")
 #: Seconds to wait for the TCP (and TLS) connection to the server.
 CONNECT_TIMEOUT = 10.0
 _CHUNK_SIZE = 1 << 20
-# The useful part of requests' and urllib3's nested error texts: "[Errno 111] Connection
-# refused", "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: ...".
+# The useful part of OS and TLS error texts: "[Errno 111] Connection refused",
+# "[SSL: WRONG_VERSION_NUMBER] wrong version number".
 _OS_ERROR = re.compile(r"\[Errno -?\d+\] ([^'\")]+)|(\[SSL[^\]]*\][^'\")]+)")
 
 
@@ -60,7 +46,7 @@ class SyncTransport:
     def __init__(self, connection_info: JupyterConnectionInfo) -> None:
         """Talk to the server of ``connection_info`` with its token."""
         self.connection_info = connection_info
-        self._pool: urllib3.PoolManager | None = None
+        self._pool: ConnectionPool | None = None
         self._channel: KernelChannel | None = None
         self._headers = {"User-Agent": f"jupyter-exec-client/{__version__}"}
         if connection_info.token:
@@ -87,59 +73,59 @@ class SyncTransport:
             raise ChannelClosedError(self.connection_info.base_url, "no websocket was opened")
         return self._channel
 
-    def _http(self) -> urllib3.PoolManager:
+    def _http(self, url: str) -> ConnectionPool:
         if self._pool is None:
-            self._pool = pool_manager(self.connection_info)
+            try:
+                self._pool = ConnectionPool(self.connection_info)
+            except ValueError as e:  # a proxy or CA setting that cannot be used
+                raise ServerConnectionError(url, str(e)) from e
         return self._pool
 
     def send(self, request: Request) -> Response:
         """Send ``request`` and return the answer; raise ServerConnectionError when none came."""
         url = self.connection_info.url(request.path)
-        headers = self._headers
+        pool = self._http(url)
+        headers = {**self._headers, **pool.proxy_headers()}
         body = None
         if request.body is not None:
             body = json.dumps(request.body).encode()
-            headers = {**headers, "Content-Type": "application/json"}
-        streamed = request.save_to is not None
+            headers["Content-Type"] = "application/json"
         try:
-            answer = self._http().request(
-                request.method,
-                url,
-                body=body,
-                headers=headers,
-                timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=request.read_timeout),
-                retries=False,
-                redirect=False,
-                preload_content=not streamed,
-            )
-        except HTTPError as e:
-            raise _connection_error(url, e, request.read_timeout) from e
+            connection = pool.acquire(request.read_timeout, CONNECT_TIMEOUT)
+        except ConnectFailed as e:
+            raise _connect_error(url, e.__cause__) from e.__cause__
         try:
-            if streamed and answer.status == 200:
-                self._save(answer, request, url)
-                return Response(200, b"", answer.reason or "")
-            try:
-                content = answer.data
-            except HTTPError as e:
-                raise _connection_error(url, e, request.read_timeout) from e
-            return Response(
-                answer.status, content, answer.reason or "", answer.headers.get("Location", "")
-            )
-        finally:
-            answer.release_conn()
+            connection.request(request.method, pool.target(url), body=body, headers=headers)
+            response = connection.getresponse()
+            if request.save_to is not None and response.status == 200:
+                self._save(response, request)
+                answer = Response(200, b"", response.reason)
+            else:
+                answer = Response(
+                    response.status,
+                    response.read(),
+                    response.reason,
+                    response.getheader("Location", ""),
+                )
+        except BaseException as e:
+            # Half a request or an unread answer leaves the connection unusable.
+            connection.close()
+            if isinstance(e, (OSError, http.client.HTTPException)):
+                raise _answer_error(url, e, request.read_timeout) from e
+            raise
+        pool.release(connection, response)
+        return answer
 
     @staticmethod
-    def _save(answer: urllib3.BaseHTTPResponse, request: Request, url: str) -> None:
+    def _save(response: http.client.HTTPResponse, request: Request) -> None:
         """Stream the body into ``request.save_to``; leave no partial file behind."""
         assert request.save_to is not None
         try:
             with request.save_to.open("xb") as file:
-                for chunk in answer.stream(_CHUNK_SIZE):
+                while chunk := response.read(_CHUNK_SIZE):
                     file.write(chunk)
-        except BaseException as e:
+        except BaseException:
             request.save_to.unlink(missing_ok=True)
-            if isinstance(e, HTTPError):
-                raise _connection_error(url, e, request.read_timeout) from e
             raise
 
     def close(self) -> None:
@@ -148,51 +134,24 @@ class SyncTransport:
             self._channel.close()
             self._channel = None
         if self._pool is not None:
-            self._pool.clear()
+            self._pool.close()
             self._pool = None
 
 
-def pool_manager(connection_info: JupyterConnectionInfo) -> urllib3.PoolManager:
-    """A connection pool for the server, set up from the environment as ``requests`` does.
-
-    A proxy comes from ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` unless ``NO_PROXY`` names
-    the server. ``verify=True`` checks certificates against ``REQUESTS_CA_BUNDLE`` or
-    ``CURL_CA_BUNDLE`` when set, else certifi's bundle; a path names a CA file or folder.
-    """
-    verify = connection_info.verify
-    tls: dict[str, Any] = {}
-    if connection_info.use_https:
-        if verify is False:
-            tls["cert_reqs"] = "CERT_NONE"
-        else:
-            if verify is True:
-                verify = (
-                    os.environ.get("REQUESTS_CA_BUNDLE")
-                    or os.environ.get("CURL_CA_BUNDLE")
-                    or requests.utils.DEFAULT_CA_BUNDLE_PATH
-                )
-            tls["cert_reqs"] = "CERT_REQUIRED"
-            tls["ca_cert_dir" if os.path.isdir(verify) else "ca_certs"] = verify
-    proxies = requests.utils.get_environ_proxies(connection_info.base_url)
-    scheme = "https" if connection_info.use_https else "http"
-    proxy = proxies.get(scheme) or proxies.get("all")
-    if proxy:
-        username, password = requests.utils.get_auth_from_url(proxy)
-        proxy_headers = (
-            urllib3.make_headers(proxy_basic_auth=f"{username}:{password}") if username else None
-        )
-        return urllib3.ProxyManager(proxy, proxy_headers=proxy_headers, **tls)
-    return urllib3.PoolManager(**tls)
-
-
-def _connection_error(url: str, error: HTTPError, read_timeout: float) -> ServerConnectionError:
-    """The ServerConnectionError that says why no answer came."""
-    # NewConnectionError is a ConnectTimeoutError in urllib3: look at it first.
-    if isinstance(error, ConnectTimeoutError) and not isinstance(error, NewConnectionError):
+def _connect_error(url: str, error: BaseException | None) -> ServerConnectionError:
+    """The ServerConnectionError of a connection that could not be made."""
+    if isinstance(error, TimeoutError):
         return ServerConnectionError(url, f"no connection within {CONNECT_TIMEOUT:g} s")
-    if isinstance(error, ReadTimeoutError):
+    if isinstance(error, ssl.SSLError):
+        return ServerConnectionError(url, f"{_reason(error)}{TLS_HINT}")
+    return ServerConnectionError(url, _reason(error) if error else "no connection")
+
+
+def _answer_error(url: str, error: BaseException, read_timeout: float) -> ServerConnectionError:
+    """The ServerConnectionError of a request that got no (whole) answer."""
+    if isinstance(error, TimeoutError):
         return ServerConnectionError(url, f"the server did not answer within {read_timeout:g} s")
-    if isinstance(error, SSLError):
+    if isinstance(error, ssl.SSLError):
         return ServerConnectionError(url, f"{_reason(error)}{TLS_HINT}")
     return ServerConnectionError(url, _reason(error))
 
@@ -236,7 +195,9 @@ async def run_async(flow: KernelFlow[T], transport: SyncTransport) -> T:
         flow.close()
 
 
-def _reason(error: Exception) -> str:
+def _reason(error: BaseException) -> str:
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"[SSL: {error.reason}] certificate verify failed: {error.verify_message}"
     text = str(error)
     match = _OS_ERROR.search(text)
     if match:

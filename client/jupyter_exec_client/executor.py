@@ -180,7 +180,12 @@ class AsyncJupyterCodeExecutor(_ExecutorBase):
 
     async def start(self) -> None:
         """Create the agent session (a new one after :meth:`stop`)."""
-        await self._run(self._core.start())
+        try:
+            await self._run(self._core.start())
+        except BaseException:
+            # Nothing to stop later: close the connection now, as the blocking executor does.
+            self._transport.close()
+            raise
 
     async def execute_code_blocks(
         self, code_blocks: Iterable[CodeBlockLike], cancellation_token: Any = None
