@@ -154,6 +154,8 @@ class LocalKernelChannels:
         message = self.session.msg(msg_type, content)
         msg_id: str = message["header"]["msg_id"]
         self._requests.append(msg_id)
+        # Through the stream, never the socket itself: a send on the socket can take the
+        # edge of its file descriptor that tells the stream a reply is waiting.
         self.session.send(self._shell, message)
         return msg_id
 

@@ -27,8 +27,10 @@ def load_spec() -> dict[str, Any]:
 @cache
 def validator(schema_name: str) -> Draft202012Validator:
     """A validator for ``components/schemas/<schema_name>`` (its ``$ref``s resolved)."""
-    spec = load_spec()
-    schema = {"$ref": f"#/components/schemas/{schema_name}", "components": spec["components"]}
+    components = load_spec()["components"]
+    # The schema itself at the root rather than a $ref to it: the reference would be looked
+    # up again on every validation. The components ride along for the $refs inside it.
+    schema = {**components["schemas"][schema_name], "components": components}
     return Draft202012Validator(schema)
 
 
