@@ -127,6 +127,10 @@ class BenchmarkError(RuntimeError):
     """A measurement could not be made (a call failed, a server did not start)."""
 
 
+class RawKernelDiedError(BenchmarkError):
+    """A raw kernel's process ended before it answered."""
+
+
 # -- the machine ---------------------------------------------------------------------------
 
 _PACKAGES = (
@@ -573,7 +577,7 @@ class RawKernel:
                 self._wait(msg_id, RawOutput(), timeout=1.0)
                 return
             if not self.manager.is_alive():
-                raise BenchmarkError("A raw kernel died while starting")
+                raise RawKernelDiedError("A raw kernel died while starting")
         raise BenchmarkError(f"A raw kernel did not answer within {timeout} s")
 
     def execute(self, code: str) -> RawOutput:
@@ -635,8 +639,14 @@ def start_raw_kernels(count: int) -> list[RawKernel]:
     try:
         for _ in range(count):
             kernels.append(RawKernel())
-        for kernel in kernels:
-            kernel.wait_until_ready()
+        for index, kernel in enumerate(kernels):
+            try:
+                kernel.wait_until_ready()
+            except RawKernelDiedError:
+                # Kernels launched together can pick the same port ("Address already in
+                # use"); our server starts such a kernel once more, and so does the floor.
+                kernel.shutdown()
+                kernels[index] = RawKernel.start()
     except BaseException:
         for kernel in kernels:
             kernel.shutdown()
