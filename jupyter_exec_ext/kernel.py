@@ -16,6 +16,8 @@ from .channels import LocalKernelChannels
 #: How often a waiting execution checks that the kernel process is still alive, in seconds.
 #: Only executions that are waiting poll, so an idle server does no work at all.
 LIVENESS_INTERVAL = 0.5
+#: How often a starting kernel is asked for kernel_info until an answer shows on IOPub.
+_KERNEL_INFO_INTERVAL = 0.1
 
 
 class KernelDied(Exception):
@@ -99,17 +101,17 @@ class KernelConnection:
 
         IOPub is a PUB/SUB socket: messages published before our subscription reached the
         kernel are lost, and only a message we see proves that the subscription is in place.
-        Requests go out often at first (a kernel boots in a few tenths of a second) and the
-        answer to any of them will do: the kernel answers them in order once it is up, so the
-        first whose status is published after the subscription took hold ends the wait.
+        The answer to any request will do. A kernel answers the requests queued while it
+        booted as soon as it is up, often before ZMQ (which retries a refused connection
+        every 100 ms) has connected our subscription, so those answers are lost; asking
+        again every ``_KERNEL_INFO_INTERVAL`` seconds bounds what that costs.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        attempt_timeout = 0.05
         sent: set[str] = set()
         while loop.time() < deadline:
             sent.add(self._client.kernel_info())
-            attempt_end = loop.time() + attempt_timeout
+            attempt_end = loop.time() + _KERNEL_INFO_INTERVAL
             while (remaining := attempt_end - loop.time()) > 0:
                 try:
                     msg = await self._client.get_iopub_msg(timeout=remaining)
@@ -121,7 +123,6 @@ class KernelConnection:
                     return
             if not await self.is_alive():
                 raise KernelDied(f"Kernel {self.kernel_id} died while starting")
-            attempt_timeout = min(attempt_timeout * 2, 2.0)
         raise TimeoutError(f"Kernel {self.kernel_id} did not answer within {timeout} s")
 
     async def _drain_shell(self, msg_id: str, timeout: float = 5) -> dict[str, Any] | None:
