@@ -468,7 +468,13 @@ class AgentSessionManager(LoggingConfigurable):
             self.kernel_manager, kernel_name, self.log, timeout=self.kernel_start_timeout
         )
         if str(getattr(spec, "language", "")).lower() == "python":
-            problem = await connection.run_quietly(kernel_helper.setup_code())
+            try:
+                problem = await connection.run_quietly(kernel_helper.setup_code())
+            except BaseException:
+                # The pool never gets this kernel: shut it down, or nobody will.
+                connection.close()
+                await connection.shutdown_kernel()
+                raise
             if problem is not None:
                 self.log.warning("The kernel helper failed to load in a pooled kernel: %s", problem)
         return connection
