@@ -66,16 +66,34 @@ export CONTAINERS_STORAGE_CONF=$engine_dir/storage.conf
 
 # -- 3. the Docker-API service ----------------------------------------------------------------
 answers() { curl -fsS --max-time 5 --unix-socket "$socket" http://d/_ping >/dev/null 2>&1; }
+# A service whose working folder was deleted still answers, but its containers cannot start
+# (conmon: "Failed to get working directory"; the API: "write child: broken pipe").
+stale() {
+    local pid
+    pid=$(cat "$engine_dir/service.pid" 2>/dev/null) || return 1
+    [[ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" == *" (deleted)" ]]
+}
+if answers && stale; then
+    say "the service runs in a deleted folder, so its containers cannot start: restarting it"
+    kill "$(cat "$engine_dir/service.pid")"
+    for _ in $(seq 1 100); do
+        answers || break
+        sleep 0.1
+    done
+fi
 if answers; then
     say "the service already answers on $socket"
 else
     rm -f "$socket"
     say "starting podman system service on $socket (log: $engine_dir/service.log)"
     # setsid + nohup: the service outlives this script and the shell (or CI step) running it.
-    # The configuration variables above are inherited by it.
+    # The configuration variables above are inherited by it. It runs in the engine folder,
+    # not the caller's (a checkout that may be deleted while the service lives on).
+    cd "$engine_dir"
     setsid nohup podman system service --time=0 "unix://$socket" \
         >"$engine_dir/service.log" 2>&1 </dev/null &
     echo $! > "$engine_dir/service.pid"
+    cd "$OLDPWD"
     for _ in $(seq 1 100); do
         answers && break
         sleep 0.1
