@@ -35,6 +35,9 @@ T = TypeVar("T")
 LIVENESS_INTERVAL = 1.0
 #: Seconds an interrupted kernel gets to become idle before it is restarted.
 INTERRUPT_GRACE = 3.0
+#: Seconds a newly opened websocket waits for its kernel to answer, and between questions.
+READY_TIMEOUT = 30.0
+READY_ASK_INTERVAL = 0.5
 #: The extra to install for this backend, named in the ImportError when it is missing.
 WEBSOCKET_EXTRA = 'pip install "jupyter-exec-client[websocket]"'
 _PROTOCOL_VERSION = "5.3"
@@ -94,12 +97,12 @@ def require_websocket_client() -> None:
         )
 
 
-def execute_request(code: str, client_session: str) -> dict[str, Any]:
-    """An ``execute_request`` for the shell channel; ``input()`` in the code fails at once."""
+def shell_request(msg_type: str, content: dict[str, Any], client_session: str) -> dict[str, Any]:
+    """A request of type ``msg_type`` for the shell channel."""
     return {
         "header": {
             "msg_id": uuid.uuid4().hex,
-            "msg_type": "execute_request",
+            "msg_type": msg_type,
             "username": "jupyter-exec-client",
             "session": client_session,
             "date": datetime.now(timezone.utc).isoformat(),
@@ -107,17 +110,23 @@ def execute_request(code: str, client_session: str) -> dict[str, Any]:
         },
         "parent_header": {},
         "metadata": {},
-        "content": {
-            "code": code,
-            "silent": False,
-            "store_history": True,
-            "user_expressions": {},
-            "allow_stdin": False,
-            "stop_on_error": True,
-        },
+        "content": content,
         "channel": "shell",
         "buffers": [],
     }
+
+
+def execute_request(code: str, client_session: str) -> dict[str, Any]:
+    """An ``execute_request`` for the shell channel; ``input()`` in the code fails at once."""
+    content = {
+        "code": code,
+        "silent": False,
+        "store_history": True,
+        "user_expressions": {},
+        "allow_stdin": False,
+        "stop_on_error": True,
+    }
+    return shell_request("execute_request", content, client_session)
 
 
 class KernelProtocolSession:
@@ -393,6 +402,28 @@ class KernelProtocolSession:
         path = self.api.channels_path(self._kernel_id(), self._client_session)
         yield OpenChannel(path)
         self._channel_open = True
+        yield from self._wait_until_answering()
+
+    def _wait_until_answering(self) -> KernelFlow[None]:
+        """Ask for kernel_info until the kernel answers, for at most ``READY_TIMEOUT`` s.
+
+        A kernel the server is still restarting (after a death) can lose a request sent to
+        it, and an execute_request lost that way would only end with its timeout.
+        """
+        deadline = self._clock() + READY_TIMEOUT
+        while (remaining := deadline - self._clock()) > 0:
+            request = shell_request("kernel_info_request", {}, self._client_session)
+            msg_id = request["header"]["msg_id"]
+            yield SendMessage(request)
+            attempt_end = self._clock() + min(remaining, READY_ASK_INTERVAL)
+            while (left := attempt_end - self._clock()) > 0:
+                message = yield ReceiveMessage(left)
+                if message is None:
+                    break
+                parent = message.get("parent_header") or {}
+                if message.get("channel") == "shell" and parent.get("msg_id") == msg_id:
+                    return
+        # Not answering: the call that follows reports what happens to it.
 
     def _close_channel(self) -> KernelFlow[None]:
         if self._channel_open:
