@@ -69,8 +69,7 @@ class KernelConnection:
         try:
             await connection.connect(timeout)
         except BaseException:
-            connection.close()
-            await connection.shutdown_kernel()
+            await connection.discard()
             raise
         return connection
 
@@ -257,3 +256,8 @@ class KernelConnection:
         """Shut the kernel down; our channels stay open until :meth:`close`."""
         if self.kernel_id in self.kernel_manager:
             await ensure_async(self.kernel_manager.shutdown_kernel(self.kernel_id, now=True))
+
+    async def discard(self) -> None:
+        """Close our channels and shut the kernel down: for a kernel no session will use."""
+        self.close()
+        await self.shutdown_kernel()

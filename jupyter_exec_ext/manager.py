@@ -450,16 +450,15 @@ class AgentSessionManager(LoggingConfigurable):
                     timeout=self.kernel_start_timeout,
                     **self._kernel_path_kwargs(working_dir),
                 )
-            except KernelDied as e:
-                if not attempts_left:
+            except (KernelDied, TimeoutError) as e:
+                # Jupyter picks a kernel's ports before the kernel binds them, so kernels
+                # started at the same moment can collide ("Address already in use") and die:
+                # such a kernel is started once more. One that does not answer is not.
+                if isinstance(e, TimeoutError) or not attempts_left:
                     raise web.HTTPError(
                         500, f"The kernel {kernel_name!r} failed to start: {e}"
                     ) from e
-                # Jupyter picks a kernel's ports before the kernel binds them, so kernels
-                # started at the same moment can collide ("Address already in use").
                 self.log.warning("%s; starting another %s kernel", e, kernel_name)
-            except TimeoutError as e:
-                raise web.HTTPError(500, f"The kernel {kernel_name!r} failed to start: {e}") from e
 
     async def _start_pooled_kernel(self, kernel_name: str) -> KernelConnection:
         """Start a kernel for the pool, with the kernel helper already loaded."""
@@ -472,8 +471,7 @@ class AgentSessionManager(LoggingConfigurable):
                 problem = await connection.run_quietly(kernel_helper.setup_code())
             except BaseException:
                 # The pool never gets this kernel: shut it down, or nobody will.
-                connection.close()
-                await connection.shutdown_kernel()
+                await connection.discard()
                 raise
             if problem is not None:
                 self.log.warning("The kernel helper failed to load in a pooled kernel: %s", problem)

@@ -64,9 +64,8 @@ class KernelPool:
             if await connection.is_alive():
                 return connection
             self.log.warning("Pooled kernel %s had died; discarding it", connection.kernel_id)
-            connection.close()
             # Its manager (or a gateway) may have restarted it: make sure it is gone.
-            await connection.shutdown_kernel()
+            await connection.discard()
         return None
 
     async def _start_one(self, kernel_name: str) -> None:
@@ -80,8 +79,7 @@ class KernelPool:
             return
         self._starting[kernel_name] -= 1
         if self._closed:
-            connection.close()
-            await connection.shutdown_kernel()
+            await connection.discard()
             return
         self._ready[kernel_name].append(connection)
 
@@ -107,8 +105,6 @@ class KernelPool:
         connections = [c for ready in self._ready.values() for c in ready]
         for ready in self._ready.values():
             ready.clear()
-        for connection in connections:
-            connection.close()
         await asyncio.gather(
-            *(connection.shutdown_kernel() for connection in connections), return_exceptions=True
+            *(connection.discard() for connection in connections), return_exceptions=True
         )
