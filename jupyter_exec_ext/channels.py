@@ -27,6 +27,26 @@ DIGEST_HISTORY_SIZE = 1024
 _TRACKED_REQUESTS = 16
 
 
+def execute_content(
+    code: str,
+    *,
+    silent: bool,
+    store_history: bool,
+    allow_stdin: bool,
+    stop_on_error: bool,
+    user_expressions: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The content of an ``execute_request``, for the clients of local and gateway kernels."""
+    return {
+        "code": code,
+        "silent": silent,
+        "store_history": store_history,
+        "user_expressions": user_expressions or {},
+        "allow_stdin": allow_stdin,
+        "stop_on_error": stop_on_error,
+    }
+
+
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -171,14 +191,13 @@ class LocalKernelChannels:
         """Send an execute_request and return its msg_id."""
         return self._send(
             "execute_request",
-            {
-                "code": code,
-                "silent": silent,
-                "store_history": store_history,
-                "user_expressions": {},
-                "allow_stdin": allow_stdin,
-                "stop_on_error": stop_on_error,
-            },
+            execute_content(
+                code,
+                silent=silent,
+                store_history=store_history,
+                allow_stdin=allow_stdin,
+                stop_on_error=stop_on_error,
+            ),
         )
 
     def kernel_info(self) -> str:

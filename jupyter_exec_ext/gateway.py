@@ -38,7 +38,7 @@ from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, w
 from traitlets import Float, Integer
 from traitlets.config import LoggingConfigurable
 
-from .channels import ChannelQueue
+from .channels import ChannelQueue, execute_content
 from .kernel import KernelConnection, KernelDied
 
 #: The kernel states the gateway announces on IOPub when a kernel process died: it is being
@@ -322,14 +322,14 @@ class GatewayKernelWebsocket(LoggingConfigurable):
         return self._send(
             "shell",
             "execute_request",
-            {
-                "code": code,
-                "silent": silent,
-                "store_history": store_history,
-                "user_expressions": user_expressions or {},
-                "allow_stdin": allow_stdin,
-                "stop_on_error": stop_on_error,
-            },
+            execute_content(
+                code,
+                silent=silent,
+                store_history=store_history,
+                allow_stdin=allow_stdin,
+                stop_on_error=stop_on_error,
+                user_expressions=user_expressions,
+            ),
         )
 
     def kernel_info(self) -> str:
