@@ -147,9 +147,9 @@ class Transcript:
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._write_now = asyncio.Event()
-        # The file's size and modification time after our last write, and whether it held
-        # cells: while they hold, the file is ours to append to.
-        self._on_disk: tuple[int, int, bool] | None = None
+        # The file's size and modification time after our last write: while they hold, the
+        # file is ours to append to.
+        self._on_disk: tuple[int, int] | None = None
 
     def start(self) -> None:
         """Write the empty notebook in the background; cells queued meanwhile follow it.
@@ -208,24 +208,27 @@ class Transcript:
         """Write ``cells`` over the end of a file that is as we left it; False if it is not."""
         if self.os_path is None or self._on_disk is None:
             return False
-        size, mtime, has_cells = self._on_disk
+        size, mtime = self._on_disk
+        end = size - len(_TAIL)
         try:
             with self.os_path.open("r+b") as file:
                 stat = os.fstat(file.fileno())
-                if (stat.st_size, stat.st_mtime_ns) != (size, mtime) or size < len(_TAIL):
+                if (stat.st_size, stat.st_mtime_ns) != (size, mtime) or end < 1:
                     return False
-                file.seek(size - len(_TAIL))
-                if file.read() != _TAIL:
+                # The byte before the tail closes the last cell, or opens the empty list.
+                file.seek(end - 1)
+                last, tail = file.read(1), file.read()
+                if tail != _TAIL:
                     return False
-                file.seek(size - len(_TAIL))
-                separator = ",\n" if has_cells else ""
+                separator = ",\n" if last == b"}" else ""
+                file.seek(end)
                 added = separator + ",\n".join(_cell_json(cell) for cell in cells)
                 file.write(added.encode() + _TAIL)
                 file.flush()
                 stat = os.fstat(file.fileno())
         except FileNotFoundError:
             return False
-        self._on_disk = (stat.st_size, stat.st_mtime_ns, True)
+        self._on_disk = (stat.st_size, stat.st_mtime_ns)
         return True
 
     async def _load(self) -> Any:
@@ -252,9 +255,9 @@ class Transcript:
         # In a thread: a long notebook takes a while to encode and write.
         self._on_disk = await asyncio.to_thread(self._replace_file, notebook)
 
-    def _replace_file(self, notebook: Any) -> tuple[int, int, bool]:
+    def _replace_file(self, notebook: Any) -> tuple[int, int]:
         """Write the whole notebook as a new file renamed over the old one, so that a reader
-        never sees half a notebook; return the new file's size, mtime and whether it has cells.
+        never sees half a notebook; return the new file's size and mtime.
         """
         assert self.os_path is not None
         data = notebook_bytes(notebook)
@@ -273,4 +276,4 @@ class Transcript:
             Path(temporary).unlink(missing_ok=True)
             raise
         stat = self.os_path.stat()
-        return stat.st_size, stat.st_mtime_ns, bool(notebook.cells)
+        return stat.st_size, stat.st_mtime_ns
