@@ -104,8 +104,9 @@ class ConnectionPool:
             connection.close()
 
     def _connect(self, timeout: float) -> http.client.HTTPConnection:
-        host, port = (self.proxy.hostname, self.proxy.port) if self.proxy else (self.host, None)
-        port = port or (self.port if self.proxy is None else 80)
+        host, port = (
+            (self.proxy.hostname, self.proxy.port) if self.proxy else (self.host, self.port)
+        )
         connection: http.client.HTTPConnection
         if self.tls is not None:
             connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=self.tls)
@@ -157,7 +158,7 @@ class _Proxy:
             shown = _no_credentials(url)
             raise ValueError(f"Only http:// proxies are supported, not {parts.scheme}:// ({shown})")
         self.hostname = parts.hostname or ""
-        self.port = parts.port
+        self.port = parts.port or 80
         self.username = unquote(parts.username or "")
         self.password = unquote(parts.password or "")
 

@@ -93,7 +93,10 @@ class SyncTransport:
         try:
             connection = pool.acquire(request.read_timeout, CONNECT_TIMEOUT)
         except ConnectFailed as e:
-            raise _connect_error(url, e.__cause__) from e.__cause__
+            cause = e.__cause__ or e
+            raise _connection_error(
+                url, cause, f"no connection within {CONNECT_TIMEOUT:g} s"
+            ) from cause
         try:
             connection.request(request.method, pool.target(url), body=body, headers=headers)
             response = connection.getresponse()
@@ -111,7 +114,9 @@ class SyncTransport:
             # Half a request or an unread answer leaves the connection unusable.
             connection.close()
             if isinstance(e, (OSError, http.client.HTTPException)):
-                raise _answer_error(url, e, request.read_timeout) from e
+                raise _connection_error(
+                    url, e, f"the server did not answer within {request.read_timeout:g} s"
+                ) from e
             raise
         pool.release(connection, response)
         return answer
@@ -138,19 +143,12 @@ class SyncTransport:
             self._pool = None
 
 
-def _connect_error(url: str, error: BaseException | None) -> ServerConnectionError:
-    """The ServerConnectionError of a connection that could not be made."""
+def _connection_error(
+    url: str, error: BaseException, timeout_message: str
+) -> ServerConnectionError:
+    """The ServerConnectionError saying why no connection, or no answer, came."""
     if isinstance(error, TimeoutError):
-        return ServerConnectionError(url, f"no connection within {CONNECT_TIMEOUT:g} s")
-    if isinstance(error, ssl.SSLError):
-        return ServerConnectionError(url, f"{_reason(error)}{TLS_HINT}")
-    return ServerConnectionError(url, _reason(error) if error else "no connection")
-
-
-def _answer_error(url: str, error: BaseException, read_timeout: float) -> ServerConnectionError:
-    """The ServerConnectionError of a request that got no (whole) answer."""
-    if isinstance(error, TimeoutError):
-        return ServerConnectionError(url, f"the server did not answer within {read_timeout:g} s")
+        return ServerConnectionError(url, timeout_message)
     if isinstance(error, ssl.SSLError):
         return ServerConnectionError(url, f"{_reason(error)}{TLS_HINT}")
     return ServerConnectionError(url, _reason(error))
