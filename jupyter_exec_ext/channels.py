@@ -113,8 +113,9 @@ class LocalKernelChannels:
     jupyter_server's activity watcher for the kernel: ``last_activity`` and ``execution_state``
     are kept as the watcher keeps them, for ``/api/kernels``, culling and JupyterLab.
 
-    Only IOPub messages that answer our own recent requests are queued: output of code a
-    person runs from JupyterLab in the same kernel is not held for a reader that never comes.
+    Only IOPub messages that answer our own recent requests, and welcomes, are queued: output
+    of code a person runs from JupyterLab in the same kernel is not held for a reader that
+    never comes.
     """
 
     def __init__(self, kernel_manager: Any, kernel_id: str) -> None:
@@ -144,7 +145,9 @@ class LocalKernelChannels:
         # The content is decoded only when it is needed: a status, or an answer to us.
         msg = self.session.deserialize(parts, content=False)
         msg_type = msg["header"]["msg_type"]
-        ours = msg["parent_header"].get("msg_id") in self._requests
+        # A welcome greets a new subscriber (ipykernel >= 7): it tells a starting connection
+        # that its subscription is in place.
+        ours = msg["parent_header"].get("msg_id") in self._requests or msg_type == "iopub_welcome"
         if ours or msg_type == "status":
             msg["content"] = self.session.unpack(msg["content"])
         self._record_activity(msg)

@@ -42,11 +42,19 @@ class KernelConnection:
     notices deaths itself and restarts the kernel, which keeps two restarts from racing.
     """
 
-    def __init__(self, kernel_manager: Any, kernel_id: str, log: logging.Logger) -> None:
+    def __init__(
+        self,
+        kernel_manager: Any,
+        kernel_id: str,
+        log: logging.Logger,
+        setup_code: str | None = None,
+    ) -> None:
         """Talk to the kernel ``kernel_id`` of ``kernel_manager`` (a MappingKernelManager)."""
         self.kernel_manager = kernel_manager
         self.kernel_id = kernel_id
         self.log = log
+        #: Run silently each time the kernel (re)starts, before any call: the kernel helper.
+        self.setup_code = setup_code
         self._client: Any = None
         #: A cancelled or timed-out call left the kernel busy: restart it before the next.
         self.unresponsive = False
@@ -59,13 +67,14 @@ class KernelConnection:
         log: logging.Logger,
         *,
         timeout: float = 60,
+        setup_code: str | None = None,
         **kwargs: Any,
     ) -> KernelConnection:
-        """Start a new kernel (``kwargs`` go to ``start_kernel``) and connect to it."""
+        """Start a new kernel (``kwargs`` go to ``start_kernel``), connect and set it up."""
         kernel_id = await ensure_async(
             kernel_manager.start_kernel(kernel_name=kernel_name, **kwargs)
         )
-        connection = cls(kernel_manager, kernel_id, log)
+        connection = cls(kernel_manager, kernel_id, log, setup_code)
         try:
             await connection.connect(timeout)
         except BaseException:
@@ -78,10 +87,10 @@ class KernelConnection:
         return self.kernel_manager.get_kernel(self.kernel_id)
 
     async def connect(self, timeout: float = 60) -> None:
-        """Open channels and wait until the kernel answers on shell and IOPub."""
+        """Open channels, wait until the kernel answers on shell and IOPub, run ``setup_code``."""
         self.close()
         self._client = await self._open_client()
-        await self._wait_for_iopub(timeout)
+        await self._wait_until_ready(timeout)
 
     async def _open_client(self) -> Any:
         """A started client of the kernel with the API of :class:`LocalKernelChannels`.
@@ -95,37 +104,85 @@ class KernelConnection:
         kernel.autorestart = False
         return LocalKernelChannels(self.kernel_manager, self.kernel_id)
 
-    async def _wait_for_iopub(self, timeout: float) -> None:
-        """Send kernel_info until its status arrives on IOPub, so no early output is missed.
+    async def _wait_until_ready(self, timeout: float) -> None:
+        """Wait until IOPub is subscribed and the kernel answers, running ``setup_code``.
+
+        ``setup_code`` goes out right behind the first kernel_info request, so the kernel runs
+        it as soon as it is up, while our IOPub subscription may still be on its way. Its
+        outcome is read from its shell reply, which, unlike IOPub, loses nothing.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout
+        asked = {self._client.kernel_info()}
+        setup_id = None
+        if self.setup_code is not None:
+            setup_id = self._client.execute(
+                self.setup_code,
+                silent=True,
+                store_history=False,
+                allow_stdin=False,
+                stop_on_error=True,
+            )
+        await self._wait_for_iopub(asked, deadline)
+        # Shell replies come in the order of the requests: the set-up's follows the first.
+        reply = await self._wait_for_reply({setup_id} if setup_id else asked, deadline)
+        if setup_id is not None and reply.get("status") != "ok":
+            capture = OutputCapture(None)
+            capture.handle("error", reply)
+            self._setup_failed(capture.result("error", None)["output"])
+
+    def _setup_failed(self, output: str) -> None:
+        # The kernel still runs code; it only lacks the helper's conveniences.
+        self.log.warning("Kernel %s: the kernel helper failed to load: %s", self.kernel_id, output)
+
+    async def _wait_for_iopub(self, asked: set[str], deadline: float) -> None:
+        """Ask kernel_info (adding to ``asked``) until IOPub proves that it is subscribed.
 
         IOPub is a PUB/SUB socket: messages published before our subscription reached the
         kernel are lost, and only a message we see proves that the subscription is in place.
-        The answer to any request will do. A kernel answers the requests queued while it
-        booted as soon as it is up, often before ZMQ (which retries a refused connection
-        every 100 ms) has connected our subscription, so those answers are lost; asking
-        again every ``_KERNEL_INFO_INTERVAL`` seconds bounds what that costs.
+        ipykernel >= 7 greets each new subscriber with ``iopub_welcome``; with any kernel, the
+        answer to a request will do. A kernel answers the requests queued while it booted as
+        soon as it is up, often before ZMQ (which retries a refused connection every 100 ms)
+        has connected our subscription, so those answers can be lost; asking again every
+        ``_KERNEL_INFO_INTERVAL`` seconds bounds what that costs.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        sent: set[str] = set()
-        while loop.time() < deadline:
-            sent.add(self._client.kernel_info())
+        while True:
             attempt_end = loop.time() + _KERNEL_INFO_INTERVAL
             while (remaining := attempt_end - loop.time()) > 0:
                 try:
                     msg = await self._client.get_iopub_msg(timeout=remaining)
                 except Empty:
                     break
-                msg_id = msg["parent_header"].get("msg_id")
-                if msg_id in sent:
-                    await self._drain_shell(msg_id)
+                if msg["header"]["msg_type"] == "iopub_welcome":
                     return
-            if not await self.is_alive():
-                raise KernelDied(f"Kernel {self.kernel_id} died while starting")
-        raise TimeoutError(f"Kernel {self.kernel_id} did not answer within {timeout} s")
+                if msg["parent_header"].get("msg_id") in asked:
+                    return
+            await self._check_starting(deadline)
+            asked.add(self._client.kernel_info())
 
-    async def _drain_shell(self, msg_id: str, timeout: float = 5) -> dict[str, Any] | None:
-        """Read shell replies until the one for ``msg_id``; older ones are dropped."""
+    async def _wait_for_reply(self, msg_ids: set[str], deadline: float) -> dict[str, Any]:
+        """The content of the shell reply to one of ``msg_ids``, checking the kernel lives."""
+        loop = asyncio.get_running_loop()
+        while True:
+            remaining = max(deadline - loop.time(), 0)
+            reply = await self._drain_shell(msg_ids, min(remaining, LIVENESS_INTERVAL))
+            if reply is not None:
+                return reply
+            await self._check_starting(deadline)
+
+    async def _check_starting(self, deadline: float) -> None:
+        """Raise when a starting kernel died, or has not answered by the loop time ``deadline``."""
+        if not await self.is_alive():
+            raise KernelDied(f"Kernel {self.kernel_id} died while starting")
+        if asyncio.get_running_loop().time() >= deadline:
+            raise TimeoutError(f"Kernel {self.kernel_id} did not answer in time")
+
+    async def _drain_shell(
+        self, msg_ids: str | set[str], timeout: float = 5
+    ) -> dict[str, Any] | None:
+        """Read shell replies until one for ``msg_ids`` (one or a set); others are dropped."""
+        if isinstance(msg_ids, str):
+            msg_ids = {msg_ids}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while (remaining := deadline - loop.time()) > 0:
@@ -133,7 +190,7 @@ class KernelConnection:
                 reply = await self._client.get_shell_msg(timeout=remaining)
             except Empty:
                 return None
-            if reply["parent_header"].get("msg_id") == msg_id:
+            if reply["parent_header"].get("msg_id") in msg_ids:
                 return dict(reply["content"])
         return None
 
@@ -216,11 +273,13 @@ class KernelConnection:
         failed = capture.error is not None or reply.get("status", "ok") != "ok"
         return Outcome("error" if failed else "ok", execution_count)
 
-    async def run_quietly(self, code: str, timeout: float = 60) -> str | None:
-        """Run set-up code silently; None when it worked, else what it printed."""
+    async def set_up(self, setup_code: str, timeout: float = 60) -> None:
+        """Run ``setup_code`` now and after every restart: for a kernel started without it."""
+        self.setup_code = setup_code
         capture = OutputCapture(None)
-        outcome = await self.execute(code, capture, timeout, silent=True)
-        return None if outcome.status == "ok" else capture.result(outcome.status, None)["output"]
+        outcome = await self.execute(setup_code, capture, timeout, silent=True)
+        if outcome.status != "ok":
+            self._setup_failed(capture.result(outcome.status, None)["output"])
 
     async def interrupt(self) -> None:
         """Interrupt the kernel (SIGINT, or an interrupt request for message-mode kernels)."""

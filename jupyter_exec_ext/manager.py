@@ -306,10 +306,15 @@ class AgentSessionManager(LoggingConfigurable):
         spec = await self._kernel_spec(kernel_name)
         language = str(getattr(spec, "language", "")).lower()
         working_dir = self.working_root / name
+        prepare_code = None
+        if language == "python":
+            prepare_code = kernel_helper.setup_code(
+                str(working_dir), memory_limit=self.kernel_memory_limit or None
+            )
         self._reserved_names.add(name)
         try:
             working_dir.mkdir(parents=True, exist_ok=True)
-            connection = await self._start_kernel(kernel_name, working_dir)
+            connection = await self._start_kernel(kernel_name, working_dir, prepare_code)
             store = self._new_store(session_id)
             session = AgentSession(
                 session_id=session_id,
@@ -318,13 +323,7 @@ class AgentSessionManager(LoggingConfigurable):
                 connection=connection,
                 store=store,
                 working_dir=working_dir,
-                prepare_code=(
-                    kernel_helper.setup_code(
-                        str(working_dir), memory_limit=self.kernel_memory_limit or None
-                    )
-                    if language == "python"
-                    else None
-                ),
+                prepare_code=prepare_code,
                 memory_limit=self.kernel_memory_limit,
                 interrupt_grace=self.interrupt_grace,
                 log=self.log,
@@ -433,8 +432,13 @@ class AgentSessionManager(LoggingConfigurable):
         # A gateway's kernel spec manager answers with the REST model, not a KernelSpec.
         return kernel_spec_from_model(spec) if isinstance(spec, dict) else spec
 
-    async def _start_kernel(self, kernel_name: str, working_dir: Path) -> KernelConnection:
-        """A kernel for a new session: from the pool when one is ready, else a new one."""
+    async def _start_kernel(
+        self, kernel_name: str, working_dir: Path, setup_code: str | None
+    ) -> KernelConnection:
+        """A kernel for a new session: from the pool when one is ready, else a new one.
+
+        A new kernel runs ``setup_code`` while it starts; a pooled one has the helper already.
+        """
         if self._pool is not None:
             connection = await self._pool.take(kernel_name)
             if connection is not None:
@@ -448,6 +452,7 @@ class AgentSessionManager(LoggingConfigurable):
                     kernel_name,
                     self.log,
                     timeout=self.kernel_start_timeout,
+                    setup_code=setup_code,
                     **self._kernel_path_kwargs(working_dir),
                 )
             except (KernelDied, TimeoutError) as e:
@@ -463,19 +468,14 @@ class AgentSessionManager(LoggingConfigurable):
     async def _start_pooled_kernel(self, kernel_name: str) -> KernelConnection:
         """Start a kernel for the pool, with the kernel helper already loaded."""
         spec = await self._kernel_spec(kernel_name)
-        connection = await self.kernel_connection_class.start(
-            self.kernel_manager, kernel_name, self.log, timeout=self.kernel_start_timeout
+        python = str(getattr(spec, "language", "")).lower() == "python"
+        return await self.kernel_connection_class.start(
+            self.kernel_manager,
+            kernel_name,
+            self.log,
+            timeout=self.kernel_start_timeout,
+            setup_code=kernel_helper.setup_code() if python else None,
         )
-        if str(getattr(spec, "language", "")).lower() == "python":
-            try:
-                problem = await connection.run_quietly(kernel_helper.setup_code())
-            except BaseException:
-                # The pool never gets this kernel: shut it down, or nobody will.
-                await connection.discard()
-                raise
-            if problem is not None:
-                self.log.warning("The kernel helper failed to load in a pooled kernel: %s", problem)
-        return connection
 
     def _kernel_path_kwargs(self, working_dir: Path) -> dict[str, Any]:
         """Start the kernel in its working folder when that lies under the server's root."""

@@ -89,13 +89,13 @@ class AgentSession:
         }
 
     async def prepare(self) -> None:
-        """Load the in-kernel helper (working folder, inline images, no ``input()``)."""
-        if self.prepare_code is not None:
-            problem = await self.connection.run_quietly(self.prepare_code)
-            if problem is not None:
-                self.log.warning(
-                    "Agent session %s: the kernel helper failed to load: %s", self.id, problem
-                )
+        """Load the in-kernel helper (working folder, inline images, no ``input()``).
+
+        A kernel started for this session has it loaded already; a pooled one has the
+        helper without the session's working folder and memory limit.
+        """
+        if self.prepare_code is not None and self.connection.setup_code != self.prepare_code:
+            await self.connection.set_up(self.prepare_code)
         self.status = "idle"
 
     async def execute(self, code: str, timeout: float, max_chars: int) -> dict[str, Any]:

@@ -7,6 +7,9 @@ from typing import Any
 import pytest
 from tornado import web
 
+from jupyter_exec_ext.capture import OutputCapture
+from jupyter_exec_ext.kernel import KernelConnection
+
 
 async def test_create_execute_delete(manager: Any, jp_serverapp: Any) -> None:
     model = await manager.create_session(name="direct")
@@ -53,3 +56,36 @@ async def test_shutdown_stops_every_kernel_and_removes_files(
     kernels = set(jp_serverapp.kernel_manager.list_kernel_ids())
     assert not kernels & {session["kernel_id"] for session in sessions}
     assert not path.exists()
+
+
+async def test_set_up_code_runs_before_the_first_call(manager: Any, jp_serverapp: Any) -> None:
+    connection = await KernelConnection.start(
+        jp_serverapp.kernel_manager, "python3", manager.log, setup_code="ready = 'set up'"
+    )
+    try:
+        capture = OutputCapture(None)
+        outcome = await connection.execute("print(ready)", capture, timeout=20)
+        assert outcome.status == "ok"
+        assert capture.result("ok", outcome.execution_count)["output"] == "set up\n"
+        # Silent: the set-up took no execution count.
+        assert outcome.execution_count == 1
+    finally:
+        await connection.discard()
+
+
+async def test_a_failing_set_up_is_logged_and_the_kernel_still_runs(
+    manager: Any, jp_serverapp: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    connection = await KernelConnection.start(
+        jp_serverapp.kernel_manager,
+        "python3",
+        manager.log,
+        setup_code="raise ValueError('no helper today')",
+    )
+    try:
+        assert "ValueError: no helper today" in caplog.text
+        capture = OutputCapture(None)
+        outcome = await connection.execute("print(1 + 1)", capture, timeout=20)
+        assert capture.result(outcome.status, outcome.execution_count)["output"] == "2\n"
+    finally:
+        await connection.discard()

@@ -75,10 +75,10 @@ async def test_a_pool_kernel_whose_set_up_fails_is_shut_down(
     manager: Any, jp_serverapp: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The pool is not started here (no start hook ran), so every kernel is this test's.
-    async def broken_set_up(self: Any, code: str, timeout: float = 60) -> None:
+    async def broken_set_up(self: Any, timeout: float) -> None:
         raise RuntimeError("the helper could not be sent")
 
-    monkeypatch.setattr(manager.kernel_connection_class, "run_quietly", broken_set_up)
+    monkeypatch.setattr(manager.kernel_connection_class, "_wait_until_ready", broken_set_up)
     with pytest.raises(RuntimeError):
         await manager._start_pooled_kernel("python3")
     assert jp_serverapp.kernel_manager.list_kernel_ids() == []
