@@ -273,11 +273,15 @@ class KernelConnection:
         failed = capture.error is not None or reply.get("status", "ok") != "ok"
         return Outcome("error" if failed else "ok", execution_count)
 
-    async def set_up(self, setup_code: str, timeout: float = 60) -> None:
-        """Run ``setup_code`` now and after every restart: for a kernel started without it."""
+    async def set_up(
+        self, setup_code: str, *, run_now: str | None = None, timeout: float = 60
+    ) -> None:
+        """Run ``setup_code`` after every restart from now on, and ``run_now`` (by default
+        ``setup_code``) at once: for a kernel started with other set-up code, like a pooled one.
+        """
         self.setup_code = setup_code
         capture = OutputCapture(None)
-        outcome = await self.execute(setup_code, capture, timeout, silent=True)
+        outcome = await self.execute(run_now or setup_code, capture, timeout, silent=True)
         if outcome.status != "ok":
             self._setup_failed(capture.result(outcome.status, None)["output"])
 

@@ -306,15 +306,12 @@ class AgentSessionManager(LoggingConfigurable):
         spec = await self._kernel_spec(kernel_name)
         language = str(getattr(spec, "language", "")).lower()
         working_dir = self.working_root / name
-        prepare_code = None
-        if language == "python":
-            prepare_code = kernel_helper.setup_code(
-                str(working_dir), memory_limit=self.kernel_memory_limit or None
-            )
         self._reserved_names.add(name)
         try:
             working_dir.mkdir(parents=True, exist_ok=True)
-            connection = await self._start_kernel(kernel_name, working_dir, prepare_code)
+            connection = await self._start_kernel(
+                kernel_name, working_dir, python=language == "python"
+            )
             store = self._new_store(session_id)
             session = AgentSession(
                 session_id=session_id,
@@ -323,13 +320,11 @@ class AgentSessionManager(LoggingConfigurable):
                 connection=connection,
                 store=store,
                 working_dir=working_dir,
-                prepare_code=prepare_code,
                 memory_limit=self.kernel_memory_limit,
                 interrupt_grace=self.interrupt_grace,
                 log=self.log,
             )
             try:
-                await session.prepare()
                 session.transcript = await self._start_transcript(
                     session, working_dir, kernel_name, spec, store
                 )
@@ -433,14 +428,17 @@ class AgentSessionManager(LoggingConfigurable):
         return kernel_spec_from_model(spec) if isinstance(spec, dict) else spec
 
     async def _start_kernel(
-        self, kernel_name: str, working_dir: Path, setup_code: str | None
+        self, kernel_name: str, working_dir: Path, *, python: bool
     ) -> KernelConnection:
-        """A kernel for a new session: from the pool when one is ready, else a new one.
+        """A kernel for a new session, with the kernel helper loaded for ``working_dir`` when
+        it runs Python: from the pool when one is ready, else a new one.
 
-        A new kernel runs ``setup_code`` while it starts; a pooled one has the helper already.
+        A new kernel loads the helper while it starts. A pooled one has it loaded already, and
+        only applies the session's folder and memory limit.
         """
+        setup_code = self._helper_code(working_dir) if python else None
         if self._pool is not None:
-            connection = await self._pool.take(kernel_name)
+            connection = await self._take_pooled_kernel(kernel_name, working_dir, setup_code)
             if connection is not None:
                 return connection
         attempts_left = _KERNEL_START_ATTEMPTS
@@ -465,6 +463,27 @@ class AgentSessionManager(LoggingConfigurable):
                     ) from e
                 self.log.warning("%s; starting another %s kernel", e, kernel_name)
 
+    async def _take_pooled_kernel(
+        self, kernel_name: str, working_dir: Path, setup_code: str | None
+    ) -> KernelConnection | None:
+        """A kernel from the pool set up for ``working_dir``, or None when none is ready."""
+        assert self._pool is not None
+        try:
+            connection = await self._pool.take(kernel_name)
+            if connection is not None and setup_code is not None:
+                try:
+                    await connection.set_up(
+                        setup_code, run_now=self._helper_code(working_dir, embed=False)
+                    )
+                except BaseException:
+                    await connection.discard()
+                    raise
+            return connection
+        finally:
+            # Refilled only now: a kernel starting meanwhile would take the event loop and a
+            # core from this one's set-up (~20 ms of the server's time to launch, then a boot).
+            self._pool.fill()
+
     async def _start_pooled_kernel(self, kernel_name: str) -> KernelConnection:
         """Start a kernel for the pool, with the kernel helper already loaded."""
         spec = await self._kernel_spec(kernel_name)
@@ -475,6 +494,12 @@ class AgentSessionManager(LoggingConfigurable):
             self.log,
             timeout=self.kernel_start_timeout,
             setup_code=kernel_helper.setup_code() if python else None,
+        )
+
+    def _helper_code(self, working_dir: Path, *, embed: bool = True) -> str:
+        """The kernel helper's set-up code for a session working in ``working_dir``."""
+        return kernel_helper.setup_code(
+            str(working_dir), memory_limit=self.kernel_memory_limit or None, embed=embed
         )
 
     def _kernel_path_kwargs(self, working_dir: Path) -> dict[str, Any]:

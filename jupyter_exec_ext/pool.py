@@ -56,11 +56,10 @@ class KernelPool:
                 task.add_done_callback(self._tasks.discard)
 
     async def take(self, kernel_name: str) -> KernelConnection | None:
-        """A ready kernel of that name (the pool refills behind it), or None."""
+        """A ready kernel of that name, or None; :meth:`fill` refills the pool behind it."""
         ready = self._ready.get(kernel_name)
         while ready:
             connection = ready.pop(0)
-            self.fill()
             if await connection.is_alive():
                 return connection
             self.log.warning("Pooled kernel %s had died; discarding it", connection.kernel_id)

@@ -45,27 +45,25 @@ class AgentSession:
         connection: KernelConnection,
         store: OutputStore,
         working_dir: Path,
-        prepare_code: str | None,
         interrupt_grace: float,
         log: logging.Logger,
         transcript: Transcript | None = None,
         memory_limit: int = 0,
     ) -> None:
-        """Wrap a started kernel ``connection``; call :meth:`prepare` before the first call."""
+        """Wrap a started kernel ``connection`` that has the kernel helper loaded."""
         self.id = session_id
         self.name = name
         self.kernel_name = kernel_name
         self.connection = connection
         self.store = store
         self.working_dir = working_dir
-        self.prepare_code = prepare_code
         self.interrupt_grace = interrupt_grace
         self.log = log
         self.transcript = transcript
         self.memory_limit = memory_limit
         self.created = self.last_activity = utcnow()
         self.execution_count = 0
-        self.status = "starting"
+        self.status = "idle"
         self._lock = asyncio.Lock()
         self._closed = False
 
@@ -87,16 +85,6 @@ class AgentSession:
             "execution_count": self.execution_count,
             "transcript_path": self.transcript.path if self.transcript else None,
         }
-
-    async def prepare(self) -> None:
-        """Load the in-kernel helper (working folder, inline images, no ``input()``).
-
-        A kernel started for this session has it loaded already; a pooled one has the
-        helper without the session's working folder and memory limit.
-        """
-        if self.prepare_code is not None and self.connection.setup_code != self.prepare_code:
-            await self.connection.set_up(self.prepare_code)
-        self.status = "idle"
 
     async def execute(self, code: str, timeout: float, max_chars: int) -> dict[str, Any]:
         """Run ``code`` after the calls before it; return the execution result model."""
@@ -190,7 +178,7 @@ class AgentSession:
         try:
             await self.connection.restart()
             self.execution_count = 0
-            await self.prepare()
+            self.status = "idle"
         except (KernelDied, TimeoutError, RuntimeError):
             self.log.exception("Agent session %s: the kernel could not be restarted", self.id)
             self.status = "dead"

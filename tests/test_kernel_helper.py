@@ -370,3 +370,33 @@ def test_history_stays_in_memory(kernel: BlockingKernelClient) -> None:
     run_ok(kernel, "marker = 'remembered'")
     assert quiet_evaluate(kernel, "get_ipython().history_manager.enabled") is False
     assert quiet_evaluate(kernel, "any('remembered' in line for line in In)") is True
+
+
+def test_short_setup_code_reuses_the_loaded_helper(
+    fresh_kernel: BlockingKernelClient, tmp_path: Path
+) -> None:
+    # A pooled kernel: set up once without a folder, then for its session.
+    kc = fresh_kernel
+    setup_kernel(kc)
+    target = tmp_path / "session"
+    code = kernel_helper.setup_code(str(target), embed=False)
+    assert kernel_helper._own_source() not in code
+    assert run(kc, code, silent=True) == []
+    assert quiet_evaluate(kc, "__import__('os').getcwd()") == str(target)
+
+
+def test_short_setup_code_fails_without_the_helper_of_its_version(
+    fresh_kernel: BlockingKernelClient,
+) -> None:
+    kc = fresh_kernel
+    run_ok(
+        kc,
+        "import sys, types\n"
+        "sys.modules['kernel_helper'] = types.ModuleType('kernel_helper')\n"
+        "sys.modules['kernel_helper'].__version__ = '0.0.0'\n"
+        "del sys, types",
+    )
+    msg_id = kc.execute(kernel_helper.setup_code(embed=False), silent=True)
+    reply = shell_reply(kc, msg_id)["content"]
+    assert (reply["status"], reply["ename"]) == ("error", "ImportError")
+    assert kernel_helper.__version__ in reply["evalue"]

@@ -47,6 +47,25 @@ async def test_sessions_take_pooled_kernels_and_the_pool_refills(
     assert [f["mime_type"] for f in result["files"]] == ["image/png"]
 
 
+async def test_a_pooled_session_keeps_its_set_up_after_a_restart(
+    api: Api, manager: Any, jp_root_dir: Any
+) -> None:
+    # A pooled kernel gets the session's folder and memory limit from the short set-up code;
+    # its restart starts a fresh kernel, which loads the whole helper again.
+    manager.kernel_memory_limit = 3_000_000_000
+    await wait_for_pool(manager, 1)
+    session = await api.create(name="restarted")
+    code = (
+        "import os, resource\n"
+        "print(os.getcwd(), resource.getrlimit(resource.RLIMIT_DATA)[0])"
+    )
+    expected = f"{jp_root_dir / 'agent-sessions' / 'restarted'} 3000000000\n"
+    assert (await api.execute(session["id"], code))["output"] == expected
+    reply = await api.request("POST", session["id"], "restart")
+    assert reply.status == 200
+    assert (await api.execute(session["id"], code))["output"] == expected
+
+
 async def test_a_pooled_kernel_serves_one_session_only(api: Api, manager: Any) -> None:
     await wait_for_pool(manager, 1)
     first = await api.create()
