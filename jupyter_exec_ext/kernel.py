@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from queue import Empty
 from typing import Any
@@ -178,11 +179,9 @@ class KernelConnection:
             raise TimeoutError(f"Kernel {self.kernel_id} did not answer in time")
 
     async def _drain_shell(
-        self, msg_ids: str | set[str], timeout: float = 5
+        self, msg_ids: Collection[str], timeout: float = 5
     ) -> dict[str, Any] | None:
-        """Read shell replies until one for ``msg_ids`` (one or a set); others are dropped."""
-        if isinstance(msg_ids, str):
-            msg_ids = {msg_ids}
+        """Read shell replies until one to a request of ``msg_ids``; others are dropped."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while (remaining := deadline - loop.time()) > 0:
@@ -256,13 +255,13 @@ class KernelConnection:
             content = msg["content"]
             if msg_type == "status" and content.get("execution_state") == "idle":
                 if cancelled:
-                    await self._drain_shell(msg_id)
+                    await self._drain_shell((msg_id,))
                     raise asyncio.CancelledError
                 break
             if msg_type == "execute_input":
                 execution_count = content.get("execution_count")
             capture.handle(msg_type, content)
-        reply = await self._drain_shell(msg_id) or {}
+        reply = await self._drain_shell((msg_id,)) or {}
         execution_count = reply.get("execution_count", execution_count)
         for payload in reply.get("payload", []):
             # The pager (``obj?``, ``%pinfo``) answers in the reply, not on IOPub.
