@@ -299,10 +299,8 @@ def test_fallback_when_helper_not_installed(fresh_kernel: BlockingKernelClient) 
     assert [c["ename"] for t, c in output if t == "error"] == ["StdinNotImplementedError"]
 
 
-def test_fallback_when_installed_helper_has_other_version(
-    fresh_kernel: BlockingKernelClient,
-) -> None:
-    kc = fresh_kernel
+def load_other_helper_version(kc: BlockingKernelClient) -> None:
+    """Make ``import kernel_helper`` in the kernel give a module of another version."""
     run_ok(
         kc,
         "import sys, types\n"
@@ -310,6 +308,13 @@ def test_fallback_when_installed_helper_has_other_version(
         "sys.modules['kernel_helper'].__version__ = '0.0.0'\n"
         "del sys, types",
     )
+
+
+def test_fallback_when_installed_helper_has_other_version(
+    fresh_kernel: BlockingKernelClient,
+) -> None:
+    kc = fresh_kernel
+    load_other_helper_version(kc)
     setup_kernel(kc)
     assert evaluate(kc, "__import__('kernel_helper').__version__") == kernel_helper.__version__
     # The embedded copy can produce the setup code again.
@@ -389,13 +394,7 @@ def test_short_setup_code_fails_without_the_helper_of_its_version(
     fresh_kernel: BlockingKernelClient,
 ) -> None:
     kc = fresh_kernel
-    run_ok(
-        kc,
-        "import sys, types\n"
-        "sys.modules['kernel_helper'] = types.ModuleType('kernel_helper')\n"
-        "sys.modules['kernel_helper'].__version__ = '0.0.0'\n"
-        "del sys, types",
-    )
+    load_other_helper_version(kc)
     msg_id = kc.execute(kernel_helper.setup_code(embed=False), silent=True)
     reply = shell_reply(kc, msg_id)["content"]
     assert (reply["status"], reply["ename"]) == ("error", "ImportError")
