@@ -29,24 +29,40 @@ DIGEST_HISTORY_SIZE = 1024
 _TRACKED_REQUESTS = 16
 
 
-def execute_content(
-    code: str,
-    *,
-    silent: bool,
-    store_history: bool,
-    allow_stdin: bool,
-    stop_on_error: bool,
-    user_expressions: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The content of an ``execute_request``, for the clients of local and gateway kernels."""
-    return {
-        "code": code,
-        "silent": silent,
-        "store_history": store_history,
-        "user_expressions": user_expressions or {},
-        "allow_stdin": allow_stdin,
-        "stop_on_error": stop_on_error,
-    }
+class ShellRequests:
+    """The requests sessions send, as jupyter_client's clients send them: for both of our
+    kernel clients, which differ only in how a message travels (:meth:`_send_shell`)."""
+
+    def _send_shell(self, msg_type: str, content: dict[str, Any]) -> str:
+        """Send a request on the shell channel and return its msg_id."""
+        raise NotImplementedError
+
+    def execute(
+        self,
+        code: str,
+        *,
+        silent: bool = False,
+        store_history: bool = True,
+        user_expressions: dict[str, Any] | None = None,
+        allow_stdin: bool = False,
+        stop_on_error: bool = True,
+    ) -> str:
+        """Send an execute_request and return its msg_id."""
+        return self._send_shell(
+            "execute_request",
+            {
+                "code": code,
+                "silent": silent,
+                "store_history": store_history,
+                "user_expressions": user_expressions or {},
+                "allow_stdin": allow_stdin,
+                "stop_on_error": stop_on_error,
+            },
+        )
+
+    def kernel_info(self) -> str:
+        """Send a kernel_info_request and return its msg_id."""
+        return self._send_shell("kernel_info_request", {})
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -107,7 +123,7 @@ class ChannelQueue:
         return self._messages.popleft()
 
 
-class LocalKernelChannels:
+class LocalKernelChannels(ShellRequests):
     """A client of one kernel of jupyter_server's kernel manager, on the server's event loop.
 
     Has the part of ``AsyncKernelClient``'s API that sessions use (``execute``,
@@ -206,7 +222,7 @@ class LocalKernelChannels:
             elif kernel.execution_state == "starting" and state != "starting":
                 kernel.execution_state = "idle"
 
-    def _send(self, msg_type: str, content: dict[str, Any]) -> str:
+    def _send_shell(self, msg_type: str, content: dict[str, Any]) -> str:
         message = self.session.msg(msg_type, content)
         msg_id: str = message["header"]["msg_id"]
         self._requests.append(msg_id)
@@ -214,31 +230,6 @@ class LocalKernelChannels:
         # edge of its file descriptor that tells the stream a reply is waiting.
         self.session.send(self._shell, message)
         return msg_id
-
-    def execute(
-        self,
-        code: str,
-        *,
-        silent: bool = False,
-        store_history: bool = True,
-        allow_stdin: bool = False,
-        stop_on_error: bool = True,
-    ) -> str:
-        """Send an execute_request and return its msg_id."""
-        return self._send(
-            "execute_request",
-            execute_content(
-                code,
-                silent=silent,
-                store_history=store_history,
-                allow_stdin=allow_stdin,
-                stop_on_error=stop_on_error,
-            ),
-        )
-
-    def kernel_info(self) -> str:
-        """Send a kernel_info_request and return its msg_id."""
-        return self._send("kernel_info_request", {})
 
     async def get_iopub_msg(self, timeout: float | None = None) -> dict[str, Any]:
         """The next IOPub message answering us; ``queue.Empty`` after ``timeout`` seconds."""

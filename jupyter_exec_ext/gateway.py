@@ -38,7 +38,7 @@ from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, w
 from traitlets import Float, Integer
 from traitlets.config import LoggingConfigurable
 
-from .channels import ChannelQueue, execute_content
+from .channels import ChannelQueue, ShellRequests
 from .kernel import KernelConnection, KernelDied
 
 #: The kernel states the gateway announces on IOPub when a kernel process died: it is being
@@ -71,7 +71,7 @@ def _retrieve_exception(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
-class GatewayKernelWebsocket(LoggingConfigurable):
+class GatewayKernelWebsocket(ShellRequests, LoggingConfigurable):
     """A non-blocking client of one kernel on a gateway, over the gateway's kernel websocket.
 
     It has the part of jupyter_client's ``AsyncKernelClient`` API that
@@ -285,11 +285,11 @@ class GatewayKernelWebsocket(LoggingConfigurable):
             and message.get("content", {}).get("execution_state") in _DEATH_STATES
         )
 
-    def _send(self, channel: str, msg_type: str, content: dict[str, Any]) -> str:
-        """Send a request on ``channel`` and return its msg_id."""
+    def _send_shell(self, msg_type: str, content: dict[str, Any]) -> str:
+        """Send a request on the shell channel and return its msg_id."""
         message = self.session.msg(msg_type, content)
         # Without it the gateway guesses "shell" (and logs a warning for every message).
-        message["channel"] = channel
+        message["channel"] = "shell"
         websocket = self._websocket
         if websocket is None:
             # The caller waits for a reply that will not come and checks is_alive, which
@@ -307,34 +307,6 @@ class GatewayKernelWebsocket(LoggingConfigurable):
                 # websocket in _read; its exception is not logged a second time.
                 sent.add_done_callback(_retrieve_exception)
         return str(message["header"]["msg_id"])
-
-    def execute(
-        self,
-        code: str,
-        *,
-        silent: bool = False,
-        store_history: bool = True,
-        user_expressions: dict[str, Any] | None = None,
-        allow_stdin: bool = False,
-        stop_on_error: bool = True,
-    ) -> str:
-        """Send an execute_request and return its msg_id."""
-        return self._send(
-            "shell",
-            "execute_request",
-            execute_content(
-                code,
-                silent=silent,
-                store_history=store_history,
-                allow_stdin=allow_stdin,
-                stop_on_error=stop_on_error,
-                user_expressions=user_expressions,
-            ),
-        )
-
-    def kernel_info(self) -> str:
-        """Send a kernel_info_request and return its msg_id."""
-        return self._send("shell", "kernel_info_request", {})
 
     async def get_iopub_msg(self, timeout: float | None = None) -> dict[str, Any]:
         """The next IOPub message; ``queue.Empty`` after ``timeout`` seconds."""
