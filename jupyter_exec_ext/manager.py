@@ -40,6 +40,11 @@ SESSION_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _KERNEL_START_ATTEMPTS = 2
 
 
+def _runs_python(spec: Any) -> bool:
+    """Whether kernels of ``spec`` run Python, so that the kernel helper can be loaded."""
+    return str(getattr(spec, "language", "")).lower() == "python"
+
+
 class AgentSessionManager(LoggingConfigurable):
     """Creates, finds, runs and deletes agent sessions; every knob of their behaviour is here."""
 
@@ -304,13 +309,12 @@ class AgentSessionManager(LoggingConfigurable):
         self._check_name(name)
         kernel_name = kernel_name or self.kernel_manager.default_kernel_name
         spec = await self._kernel_spec(kernel_name)
-        language = str(getattr(spec, "language", "")).lower()
         working_dir = self.working_root / name
         self._reserved_names.add(name)
         try:
             working_dir.mkdir(parents=True, exist_ok=True)
             connection = await self._start_kernel(
-                kernel_name, working_dir, python=language == "python"
+                kernel_name, working_dir, python=_runs_python(spec)
             )
             store = self._new_store(session_id)
             session = AgentSession(
@@ -486,8 +490,7 @@ class AgentSessionManager(LoggingConfigurable):
 
     async def _start_pooled_kernel(self, kernel_name: str) -> KernelConnection:
         """Start a kernel for the pool, with the kernel helper already loaded."""
-        spec = await self._kernel_spec(kernel_name)
-        python = str(getattr(spec, "language", "")).lower() == "python"
+        python = _runs_python(await self._kernel_spec(kernel_name))
         return await self.kernel_connection_class.start(
             self.kernel_manager,
             kernel_name,
