@@ -8,26 +8,15 @@ whole text is streamed to a file so nothing is lost.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections import deque
 from dataclasses import dataclass
 from typing import IO, Any
 
+from . import mime
 from .store import OutputStore, StoredFile, StoreFullError
 
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
-
-#: Rich data saved as files, in order of preference: one file per display, the first found.
-#: A figure offered as both PNG and SVG thus gives one image, not two.
-IMAGE_MIME_TYPES = ("image/png", "image/jpeg", "image/svg+xml")
-HTML_MIME_TYPE = "text/html"
-_BINARY_MIME_TYPES = frozenset({"image/png", "image/jpeg"})
-
-#: Text shown for data that has no text/plain, tried in this order.
-_TEXT_FALLBACK_MIME_TYPES = ("text/markdown", "text/latex")
-
 
 def strip_ansi(text: str) -> str:
     """Remove ANSI colour and cursor codes: a person reading plain text does not see them."""
@@ -107,18 +96,25 @@ class OutputCapture:
     def add_data(
         self, kind: str, data: dict[str, Any], execution_count: int | None = None
     ) -> None:
-        """Record a result or a display: its text, and its rich data saved as a file."""
-        text = data.get("text/plain")
-        if text is None:
-            text = next((data[m] for m in _TEXT_FALLBACK_MIME_TYPES if m in data), None)
-        stored = self._save_rich_data(data)
-        item: dict[str, Any] = {"type": kind, "text": None if text is None else strip_ansi(text)}
+        """Record a result or a display: its most readable text, and its other data as files.
+
+        :mod:`~jupyter_exec_ext.mime` says which part of the bundle goes where.
+        """
+        chosen = mime.choose(data)
+        text = None if chosen.text is None else strip_ansi(chosen.text)
+        item: dict[str, Any] = {"type": kind, "text": text, "mime_type": chosen.text_type}
         if kind == "result":
             item["execution_count"] = execution_count
-        item["files"] = [stored.id] if stored else []
-        lines = [] if item["text"] is None else [item["text"]]
-        if stored:
-            lines.append(f"[{stored.mime_type}: {stored.id}]")
+        item["mime_types"] = list(data)
+        item["files"] = []
+        lines = [] if text is None else [text]
+        for mime_type in chosen.file_types:
+            stored, problem = self._save_data(mime_type, data[mime_type])
+            if stored is not None:
+                item["files"].append(stored.id)
+                lines.append(f"[{mime_type}: {stored.id}]")
+            elif problem is not None:
+                lines.append(f"[{mime_type}: not kept, {problem}]")
         self._add_block(item, "\n".join(lines))
 
     def add_error(self, ename: str, evalue: str, traceback: list[str]) -> None:
@@ -165,33 +161,18 @@ class OutputCapture:
             "truncated": self.truncated,
         }
 
-    def _save_rich_data(self, data: dict[str, Any]) -> StoredFile | None:
+    def _save_data(self, mime_type: str, value: Any) -> tuple[StoredFile | None, str | None]:
+        """Save one type of a bundle as a file; else say why not (None: nobody asked)."""
         if self.store is None:
-            return None
-        mime_type = next((m for m in IMAGE_MIME_TYPES if m in data), None)
-        if mime_type is None and HTML_MIME_TYPE in data:
-            mime_type = HTML_MIME_TYPE
-        if mime_type is None:
-            return None
-        value = data[mime_type]
-        if isinstance(value, list):  # nbformat allows multi-line strings as lists
-            value = "".join(value)
-        if not isinstance(value, str):
-            return None
-        if mime_type in _BINARY_MIME_TYPES:
-            try:
-                payload = base64.b64decode(value, validate=False)
-            except (binascii.Error, ValueError):
-                return None
-        else:
-            payload = value.encode("utf-8")
+            return None, None
         try:
-            stored = self.store.save(payload, mime_type)
+            stored = self.store.save(mime.payload(mime_type, value), mime_type)
+        except mime.UnusableDataError as e:
+            return None, str(e)
         except StoreFullError as e:
-            self.add_note(f"A {mime_type} output was not kept: {e}.")
-            return None
+            return None, str(e)
         self.files.append(stored)
-        return stored
+        return stored, None
 
     def _add_block(self, item: dict[str, Any], text: str) -> None:
         """Add an item that stands on lines of its own in ``output``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mimetypes
 import os
 import re
 import secrets
@@ -32,9 +33,15 @@ _CREATE_FLAGS = (
 _SUFFIXES = {
     "image/png": ".png",
     "image/jpeg": ".jpg",
+    "image/gif": ".gif",
+    "image/webp": ".webp",
+    "image/bmp": ".bmp",
     "image/svg+xml": ".svg",
     "text/html": ".html",
     "text/plain": ".txt",
+    "application/pdf": ".pdf",
+    "application/json": ".json",
+    "application/javascript": ".js",
 }
 
 
@@ -179,7 +186,7 @@ class OutputStore:
 
     def _new_path(self, mime_type: str) -> tuple[str, Path]:
         file_id = secrets.token_urlsafe(18)
-        return file_id, self.directory / f"{file_id}{_SUFFIXES.get(mime_type, '')}"
+        return file_id, self.directory / f"{file_id}{suffix(mime_type)}"
 
     def _check_room(self, size: int) -> None:
         if self.max_bytes and self._total_size + size > self.max_bytes:
@@ -201,6 +208,15 @@ class OutputStore:
         self._files[file_id] = stored
         self._total_size += stored.size
         return stored
+
+
+def suffix(mime_type: str) -> str:
+    """The file name suffix for data of ``mime_type`` ("" when none is known)."""
+    if mime_type in _SUFFIXES:
+        return _SUFFIXES[mime_type]
+    if mime_type.endswith("+json"):
+        return ".json"
+    return mimetypes.guess_extension(mime_type) or ""
 
 
 def _create(path: Path) -> int:

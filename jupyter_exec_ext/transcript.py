@@ -31,9 +31,8 @@ from typing import Any
 import nbformat
 from jupyter_core.utils import ensure_async
 
+from . import mime
 from .store import OutputStore, StoredFileChangedError
-
-_BINARY_MIME_TYPES = frozenset({"image/png", "image/jpeg"})
 
 #: How our transcripts end: the close of the cell list, then of the notebook.
 _TAIL = b"\n ]\n}\n"
@@ -88,7 +87,16 @@ def _stream(name: str, text: str) -> dict[str, Any]:
 
 
 def _mime_bundle(item: dict[str, Any], store: OutputStore) -> dict[str, Any]:
-    data: dict[str, Any] = {"text/plain": item["text"] or ""}
+    """The notebook's MIME bundle of a result or display: its text and its files' data.
+
+    The text goes under its own type, so JupyterLab renders a Markdown display as Markdown,
+    and under ``text/plain`` as well, for viewers that render nothing else.
+    """
+    text = item["text"] or ""
+    data: dict[str, Any] = {"text/plain": text}
+    text_type = item.get("mime_type")
+    if text_type and text_type != "text/plain" and not item.get("truncated"):
+        _put(data, text_type, text.encode("utf-8", errors="replace"))
     for file_id in item["files"]:
         stored = store.get(file_id)
         if stored is None:
@@ -99,11 +107,27 @@ def _mime_bundle(item: dict[str, Any], store: OutputStore) -> dict[str, Any]:
                 raw = handle.read()
         except StoredFileChangedError:
             continue
-        if stored.mime_type in _BINARY_MIME_TYPES:
-            data[stored.mime_type] = base64.b64encode(raw).decode("ascii")
-        else:
-            data[stored.mime_type] = raw.decode("utf-8", errors="replace")
+        _put(data, stored.mime_type, raw)
     return data
+
+
+def _put(data: dict[str, Any], mime_type: str, raw: bytes) -> None:
+    """Add ``raw`` data of ``mime_type`` to a bundle as the notebook format holds it.
+
+    JSON types are JSON values there; data that does not parse is left out (its text is
+    the bundle's ``text/plain`` already, or its file is in the store).
+    """
+    if not mime.is_text_type(mime_type):
+        data[mime_type] = base64.b64encode(raw).decode("ascii")
+        return
+    text = raw.decode("utf-8", errors="replace")
+    if not mime.is_json_type(mime_type):
+        data[mime_type] = text
+        return
+    try:
+        data[mime_type] = json.loads(text)
+    except ValueError:
+        return
 
 
 def _cell_json(cell: dict[str, Any]) -> str:
