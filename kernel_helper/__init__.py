@@ -12,7 +12,10 @@ which, inside the running kernel:
   for a human who will never type;
 * turns off pip's progress bars and colours, for ``%pip`` and ``!pip`` alike;
 * keeps input history in memory, not in the SQLite file all kernels share (busy
-  sessions made it print "database is locked" into their output).
+  sessions made it print "database is locked" into their output);
+* sends text with lone surrogates (``print("\\ud800")``) with those characters
+  escaped, instead of losing the message, and keeps the kernel's own log lines
+  out of the output.
 
 This file must stay self-contained: the server may send its source to a kernel
 whose Python does not have this package installed, where it is run through
@@ -26,7 +29,9 @@ import builtins
 import getpass
 import importlib.util
 import io
+import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -115,6 +120,8 @@ def setup(working_dir: str | None = None, memory_limit: int | None = None) -> No
     _show_pil_images_as_png(shell)
     _disable_stdin(shell)
     _keep_history_in_memory(shell)
+    _send_odd_text_safely(shell)
+    _keep_kernel_logs_out_of_output(shell)
 
 
 def _keep_history_in_memory(shell: Any) -> None:
@@ -336,3 +343,101 @@ def _stdin_error(what: str) -> Exception:
     from IPython.core.error import StdinNotImplementedError  # noqa: PLC0415 - see _get_shell
 
     return StdinNotImplementedError(_STDIN_MESSAGE.format(what=what))
+
+
+# --- messages -------------------------------------------------------------------
+
+_SAFE_PACK_MARKER = "_kernel_helper_escapes_surrogates"
+
+
+def _send_odd_text_safely(shell: Any) -> None:
+    """Escape lone surrogates in outgoing messages instead of losing the messages.
+
+    jupyter_client's JSON packer encodes with ``surrogateescape``: a lone surrogate such as
+    ``"\\ud800"`` (real data has them, e.g. text cut in the middle of a UTF-16 pair) makes
+    it raise, so the output is lost and the kernel prints its own traceback into the call's
+    output; and ``"\\udcff"`` (a byte that was not UTF-8, decoded with ``surrogateescape``)
+    goes out as a byte no receiver can decode. This packer encodes strictly, and only when
+    that fails escapes such characters (``\\ud800``, ``\\xff``), keeping the rest as is.
+    Only jupyter_client's default packer is replaced: one configured on purpose stays.
+    """
+    session = getattr(getattr(shell, "kernel", None), "session", None)
+    if session is None or getattr(session.pack, _SAFE_PACK_MARKER, False):
+        return
+    import json  # noqa: PLC0415 - only needed in a kernel
+
+    from jupyter_client import session as session_module  # noqa: PLC0415
+    from jupyter_client.jsonutil import json_default  # noqa: PLC0415
+
+    original = session.pack
+    if original is not session_module.json_packer:
+        return
+
+    def pack(obj: Any) -> bytes:
+        try:
+            text = json.dumps(obj, default=json_default, ensure_ascii=False, allow_nan=False)
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            return bytes(original(_escape_surrogates(obj)))
+        except (TypeError, ValueError):
+            return bytes(original(obj))  # jupyter_client's own fallback for odd values
+
+    setattr(pack, _SAFE_PACK_MARKER, True)
+    session.pack = pack
+
+
+def _escape_surrogates(value: Any) -> Any:
+    """``value`` with every string's lone surrogates written as backslash escapes."""
+    if isinstance(value, str):
+        return _SURROGATE.sub(_escape_surrogate, value)
+    if isinstance(value, dict):
+        return {_escape_surrogates(k): _escape_surrogates(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_escape_surrogates(item) for item in value]
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape_surrogate(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    # U+DC80..U+DCFF stand for undecodable bytes (the ``surrogateescape`` error handler).
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\u{code:04x}"
+
+
+def _keep_kernel_logs_out_of_output(shell: Any) -> None:
+    """Send tornado's log lines to the kernel's real stderr, not into the running call's output.
+
+    Tornado runs the kernel's message loops and logs their failures (``Uncaught exception in
+    ZMQStream callback``) to file descriptor 2, which ipykernel captures so that C
+    extensions' output reaches the notebook: an internal traceback then reads as if the
+    agent's code printed it. ipykernel keeps a copy of the original descriptor, the server's
+    log; tornado's handlers write there now. The session's own loggers are unaffected.
+    """
+    original = getattr(sys.stderr, "_original_stdstream_copy", None)
+    if original is None or getattr(shell, "kernel", None) is None:
+        return  # stderr is not captured: tornado's log goes to the real stderr already
+    tornado_log = logging.getLogger("tornado")
+    handlers = [
+        handler
+        for handler in tornado_log.handlers
+        if isinstance(handler, logging.StreamHandler) and _writes_to_fd(handler.stream, 2)
+    ]
+    if not handlers:
+        return  # none, or moved before: setup() runs again in a pooled kernel
+    stream = open(  # noqa: SIM115 - lives as long as the kernel
+        os.dup(original), "w", buffering=1, encoding="utf-8", errors="backslashreplace"
+    )
+    for handler in handlers:
+        handler.setStream(stream)
+
+
+def _writes_to_fd(stream: Any, fd: int) -> bool:
+    """Whether ``stream`` writes to the file descriptor ``fd``."""
+    try:
+        return bool(stream.fileno() == fd)
+    except (AttributeError, OSError, ValueError):
+        return False
