@@ -33,6 +33,8 @@ class Outcome:
     execution_count: int | None = None
     #: The kernel did not stop within the grace period after a timeout's interrupt.
     unresponsive: bool = False
+    #: The code asked the kernel to exit (``exit()``, ``quit()``): it is shutting down.
+    exited: bool = False
 
 
 class KernelConnection:
@@ -263,14 +265,18 @@ class KernelConnection:
             capture.handle(msg_type, content)
         reply = await self._drain_shell((msg_id,)) or {}
         execution_count = reply.get("execution_count", execution_count)
+        exited = False
         for payload in reply.get("payload", []):
             # The pager (``obj?``, ``%pinfo``) answers in the reply, not on IOPub.
             if payload.get("source") == "page":
                 capture.add_data("display", payload.get("data", {}))
+            # ``exit()`` asks the frontend to shut the kernel down, and the kernel stops.
+            elif payload.get("source") == "ask_exit" and not payload.get("keepkernel"):
+                exited = True
         if timed_out:
             return Outcome("timeout", execution_count)
         failed = capture.error is not None or reply.get("status", "ok") != "ok"
-        return Outcome("error" if failed else "ok", execution_count)
+        return Outcome("error" if failed else "ok", execution_count, exited=exited)
 
     async def set_up(
         self, setup_code: str, *, run_now: str | None = None, timeout: float = 60

@@ -161,6 +161,12 @@ class AgentSession:
             capture.error = {"ename": "KernelDied", "evalue": message, "traceback": []}
             if not self._closed:
                 await self._recover()
+        elif outcome.exited:
+            capture.add_note(
+                "The code asked the kernel to exit, so it stopped: the session's state "
+                "(variables, imports) is lost. A new kernel has been started for the next call."
+            )
+            await self._recover()
         elif self.memory_limit and capture.error and capture.error["ename"] == "MemoryError":
             # Past the limit the kernel may be left in a half-allocated state: start afresh.
             await self._recover()
