@@ -8,13 +8,13 @@ into the output folder from the messages' base64 data, and listed with their ``p
 
 from __future__ import annotations
 
-import base64
-import binascii
 import mimetypes
 import re
 import uuid
 from pathlib import Path
 from typing import IO, Any
+
+from . import _mime
 
 #: Characters of text a result keeps, as the server's default; the whole text goes to a file.
 MAX_OUTPUT_CHARS = 100_000
@@ -23,19 +23,20 @@ MAX_OUTPUT_CHARS = 100_000
 FILE_EXTENSIONS = {
     "image/png": ".png",
     "image/jpeg": ".jpeg",
+    "image/gif": ".gif",
+    "image/webp": ".webp",
+    "image/bmp": ".bmp",
     "image/svg+xml": ".svg",
     "text/html": ".html",
     "text/plain": ".txt",
+    "application/pdf": ".pdf",
+    "application/json": ".json",
+    "application/javascript": ".js",
 }
 
 _ANSI_ESCAPE = re.compile(
     r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]"
 )
-# One file per display, the first found: a figure offered as PNG and SVG gives one image.
-_IMAGE_MIME_TYPES = ("image/png", "image/jpeg", "image/svg+xml")
-_HTML_MIME_TYPE = "text/html"
-_BINARY_MIME_TYPES = frozenset({"image/png", "image/jpeg"})
-_TEXT_FALLBACK_MIME_TYPES = ("text/markdown", "text/latex")
 
 
 def strip_ansi(text: str) -> str:
@@ -45,7 +46,10 @@ def strip_ansi(text: str) -> str:
 
 def new_output_path(output_dir: Path, mime_type: str) -> Path:
     """A new file name in ``output_dir`` for an output of ``mime_type`` (AutoGen's naming)."""
-    extension = FILE_EXTENSIONS.get(mime_type) or mimetypes.guess_extension(mime_type) or ""
+    extension = FILE_EXTENSIONS.get(mime_type)
+    if extension is None:
+        json_type = mime_type.endswith("+json")
+        extension = ".json" if json_type else mimetypes.guess_extension(mime_type) or ""
     return output_dir / f"{uuid.uuid4().hex}{extension}"
 
 
@@ -93,20 +97,23 @@ class OutputCollector:
         self._add(text)
 
     def add_data(self, kind: str, data: dict[str, Any], execution_count: int | None = None) -> None:
-        """Record a result or a display: its text, and its rich data written to a file."""
-        text = data.get("text/plain")
-        if text is None:
-            text = next((data[m] for m in _TEXT_FALLBACK_MIME_TYPES if m in data), None)
-        if isinstance(text, list):  # nbformat allows multi-line strings as lists
-            text = "".join(text)
-        saved = self._save_rich_data(data)
-        item: dict[str, Any] = {"type": kind, "text": None if text is None else strip_ansi(text)}
+        """Record a result or a display: its most readable text, its other data as files."""
+        chosen = _mime.choose(data)
+        text = None if chosen.text is None else strip_ansi(chosen.text)
+        item: dict[str, Any] = {"type": kind, "text": text, "mime_type": chosen.text_type}
         if kind == "result":
             item["execution_count"] = execution_count
-        item["files"] = [saved["id"]] if saved else []
-        lines = [] if item["text"] is None else [item["text"]]
-        if saved:
-            lines.append(f"[{saved['mime_type']}: {saved['id']}]")
+        item["mime_types"] = list(data)
+        item["files"] = []
+        lines = [] if text is None else [text]
+        for mime_type in chosen.file_types:
+            try:
+                saved = self._save_data(mime_type, data[mime_type])
+            except _mime.UnusableDataError as e:
+                lines.append(f"[{mime_type}: not kept, {e}]")
+                continue
+            item["files"].append(saved["id"])
+            lines.append(f"[{mime_type}: {saved['id']}]")
         self._add_block(item, "\n".join(lines))
 
     def add_error(self, ename: str, evalue: str, traceback: list[str]) -> None:
@@ -150,24 +157,9 @@ class OutputCollector:
         if self._full_text is not None:
             self._full_text[1].close()
 
-    def _save_rich_data(self, data: dict[str, Any]) -> dict[str, Any] | None:
-        mime_type = next((m for m in _IMAGE_MIME_TYPES if m in data), None)
-        if mime_type is None and _HTML_MIME_TYPE in data:
-            mime_type = _HTML_MIME_TYPE
-        if mime_type is None:
-            return None
-        value = data[mime_type]
-        if isinstance(value, list):
-            value = "".join(value)
-        if not isinstance(value, str):
-            return None
-        if mime_type in _BINARY_MIME_TYPES:
-            try:
-                payload = base64.b64decode(value, validate=False)
-            except (binascii.Error, ValueError):
-                return None
-        else:
-            payload = value.encode("utf-8")
+    def _save_data(self, mime_type: str, value: Any) -> dict[str, Any]:
+        """Write one type of a bundle to a new file of the output folder."""
+        payload = _mime.payload(mime_type, value)
         path = new_output_path(self.output_dir, mime_type)
         path.write_bytes(payload)
         saved = {

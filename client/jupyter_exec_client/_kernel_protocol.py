@@ -85,6 +85,8 @@ class _Outcome:
     status: str  # "ok" | "error" | "timeout" | "dead"
     execution_count: int | None = None
     unresponsive: bool = False
+    #: The code asked the kernel to exit (``exit()``, ``quit()``): it is shutting down.
+    exited: bool = False
 
 
 def require_websocket_client() -> None:
@@ -251,6 +253,17 @@ class KernelProtocolSession:
             )
             collector.add_note(message)
             collector.error = {"ename": "KernelDied", "evalue": message, "traceback": []}
+        elif outcome.exited:
+            problem = yield from self._recover(restart=True)
+            collector.add_note(
+                "The code asked the kernel to exit, so it stopped: the session's state "
+                "(variables, imports) is lost. "
+                + (
+                    "A new kernel has been started for the next call."
+                    if problem is None
+                    else f"No new kernel could be started: {problem}"
+                )
+            )
         return outcome
 
     def _run(self, code: str, timeout: float, collector: OutputCollector) -> KernelFlow[_Outcome]:
@@ -313,10 +326,14 @@ class KernelProtocolSession:
                     execution_count = content.get("execution_count", execution_count)
                 else:
                     collector.handle(str(msg_type), content)
+        exited = False
         for payload in (reply or {}).get("payload", []):
             # The pager (``obj?``) answers in the reply, not on IOPub.
             if payload.get("source") == "page":
                 collector.add_data("display", payload.get("data") or {})
+            # ``exit()`` asks the frontend to shut the kernel down, and the kernel stops.
+            elif payload.get("source") == "ask_exit" and not payload.get("keepkernel"):
+                exited = True
         if timed_out:
             return _Outcome("timeout", execution_count)
         if (reply or {}).get("status") == "aborted":
@@ -325,7 +342,7 @@ class KernelProtocolSession:
                 "queued before it."
             )
         failed = collector.error is not None or (reply or {}).get("status", "ok") != "ok"
-        return _Outcome("error" if failed else "ok", execution_count)
+        return _Outcome("error" if failed else "ok", execution_count, exited=exited)
 
     def _finish_abandoned_call(self, msg_id: str, collector: OutputCollector) -> KernelFlow[None]:
         """Let the request of an abandoned call end before sending another.
