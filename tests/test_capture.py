@@ -27,7 +27,14 @@ def test_streams_are_joined_exactly_and_merged(store: OutputStore) -> None:
     assert result["outputs"] == [
         {"type": "stream", "name": "stdout", "text": "abc\n"},
         {"type": "stream", "name": "stderr", "text": "warn"},
-        {"type": "result", "text": "42", "execution_count": 3, "files": []},
+        {
+            "type": "result",
+            "text": "42",
+            "mime_type": "text/plain",
+            "execution_count": 3,
+            "mime_types": ["text/plain"],
+            "files": [],
+        },
     ]
     assert result["truncated"] is False
 

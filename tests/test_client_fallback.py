@@ -395,3 +395,35 @@ def test_missing_websocket_client_is_a_clear_import_error(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert 'pip install "jupyter-exec-client[websocket]"' in done.stdout
+
+
+def test_text_like_and_binary_outputs_reach_the_agent(
+    executor: JupyterCodeExecutor, tmp_path: Path
+) -> None:
+    result = run(
+        executor,
+        "import base64\nfrom IPython.display import Markdown, display\n"
+        "display(Markdown('**bold**'))\n"
+        "display({'image/gif': base64.b64encode(b'GIF89a-not-really').decode(),"
+        " 'application/pdf': base64.b64encode(b'%PDF-1.4').decode(),"
+        " 'text/plain': 'two files'}, raw=True)",
+    )
+    assert result.exit_code == 0, result.output
+    gif, pdf = (Path(path) for path in result.output_files)
+    assert (gif.suffix, pdf.suffix) == (".gif", ".pdf")
+    assert gif.read_bytes() == b"GIF89a-not-really"
+    assert pdf.read_bytes() == b"%PDF-1.4"
+    assert result.output == (
+        f"**bold**\ntwo files\nImage data saved to {gif}\napplication/pdf data saved to {pdf}"
+    )
+
+
+def test_exit_reports_the_lost_state_and_the_next_call_works(executor: JupyterCodeExecutor) -> None:
+    assert run(executor, "x = 1").exit_code == 0
+    result = run(executor, "exit()")
+    assert result.exit_code == 0
+    assert "asked the kernel to exit" in result.output
+    after = run(executor, "print('fresh'); x")
+    assert after.exit_code == 1
+    assert "fresh" in after.output
+    assert "NameError" in after.output

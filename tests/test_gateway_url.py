@@ -371,6 +371,36 @@ def test_matplotlib_figure_is_captured_as_a_file(
 
 
 @needs_gateway
+def test_markdown_pdf_and_odd_text_reach_the_agent_from_the_gateway(
+    deployment: Deployment, session: dict[str, Any]
+) -> None:
+    result = deployment.execute(
+        session["id"],
+        "import base64\nfrom IPython.display import Markdown, display\n"
+        "display(Markdown('**bold**'))\nprint('odd \\ud800 text')\n"
+        "display({'application/pdf': base64.b64encode(b'%PDF-1.4').decode()}, raw=True)",
+    )
+    assert result["status"] == "ok", result
+    [pdf] = result["files"]
+    assert pdf["mime_type"] == "application/pdf"
+    assert result["output"] == (
+        f"**bold**\nodd \\ud800 text\n[application/pdf: {pdf['id']}]\n"
+    )
+
+
+@needs_gateway
+def test_exit_on_the_gateway_gives_a_fresh_kernel(deployment: Deployment) -> None:
+    session = deployment.create()
+    deployment.execute(session["id"], "x = 1")
+    result = deployment.execute(session["id"], "exit()")
+    assert result["status"] == "ok", result
+    assert "asked the kernel to exit" in result["output"]
+    after = deployment.execute(session["id"], "print('fresh'); x")
+    assert after["output"].startswith("fresh\n"), after
+    assert after["error"]["ename"] == "NameError"
+
+
+@needs_gateway
 def test_timeout_interrupts_the_kernel_on_the_gateway(
     deployment: Deployment, session: dict[str, Any]
 ) -> None:
