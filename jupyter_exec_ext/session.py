@@ -129,8 +129,10 @@ class AgentSession:
             code, capture, timeout, interrupt_grace=self.interrupt_grace
         )
         if outcome.status == "timeout":
+            # "Timeout" first: AutoGen's executor says it, and agents written for it look for it.
             message = (
-                f"Execution exceeded the timeout of {timeout:g} s and the kernel was interrupted."
+                f"Timeout: execution exceeded the timeout of {timeout:g} s and the kernel was "
+                "interrupted."
             )
             if outcome.unresponsive:
                 message += (

@@ -10,7 +10,10 @@ which, inside the running kernel:
 * shows PIL images as a single ``image/png`` (no extra ``image/jpeg`` copy);
 * makes ``input()`` and ``getpass.getpass()`` fail at once instead of waiting
   for a human who will never type;
-* turns off pip's progress bars and colours, for ``%pip`` and ``!pip`` alike;
+* makes ``pip install`` quiet, as AutoGen's executor does: ``!pip install``,
+  ``%pip install`` and the ``pip install`` lines of ``%%bash``/``%%sh`` cells get
+  ``-qqq`` (a successful install prints nothing, a failed one its ``ERROR:`` lines),
+  and every pip run has no progress bars, colours or upgrade nags;
 * keeps input history in memory, not in the SQLite file all kernels share (busy
   sessions made it print "database is locked" into their output);
 * sends text with lone surrogates (``print("\\ud800")``) with those characters
@@ -25,6 +28,7 @@ IPython lazily, and never imports matplotlib or PIL itself.
 
 from __future__ import annotations
 
+import ast
 import builtins
 import getpass
 import importlib.util
@@ -33,6 +37,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -45,6 +50,22 @@ _INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 # Set on our display-formatter wrapper so a second setup() (possibly from another
 # copy of this module) recognises it and does not wrap it again.
 _WRAPPED_MARKER = "_kernel_helper_closes_figures"
+
+# Set on our AST transformer (as a class attribute), so a second setup() (possibly from
+# another copy of this module) finds it among the shell's transformers and adds no other.
+_QUIET_PIP_MARKER = "_kernel_helper_quiet_pip"
+
+# A pip install at the start of a line (after blanks): `pip`, `pip3`, `pip3.11` or
+# `python -m pip`, each with or without a path, then `install` and its arguments.
+_PIP_INSTALL_LINE = re.compile(
+    r"^(?P<head>[ \t]*(?:\S*python[\d.]*[ \t]+-m[ \t]+)?(?:\S*/)?pip[\d.]*[ \t]+install)"
+    r"(?P<tail>(?:[ \t].*)?)$",
+    re.MULTILINE,
+)
+# An option that sets pip's verbosity: a command that has one is left as written.
+_PIP_VERBOSITY = re.compile(r"(?:^|\s)(?:-[qv]+|--quiet|--verbose)(?=\s|$)")
+# The cell magics whose body is a shell script.
+_SHELL_CELL_MAGICS = ("bash", "sh")
 
 _STDIN_MESSAGE = (
     "{what} is not available: this code runs in an agent session where nobody can "
@@ -120,6 +141,7 @@ def setup(working_dir: str | None = None, memory_limit: int | None = None) -> No
     _show_pil_images_as_png(shell)
     _disable_stdin(shell)
     _keep_history_in_memory(shell)
+    _quiet_pip_installs(shell)
     _send_odd_text_safely(shell)
     _keep_kernel_logs_out_of_output(shell)
 
@@ -198,11 +220,102 @@ def _limit_memory(limit: int) -> None:
 def _quiet_pip() -> None:
     """Keep pip's progress bars, colours and upgrade nags out of the output.
 
-    Environment variables reach ``%pip`` and ``!pip`` subprocesses alike.
+    Environment variables reach every pip the kernel runs (``%pip``, ``!pip``, scripts).
+    They do not make pip quiet: ``PIP_QUIET`` would also silence what ``pip list``,
+    ``pip show`` and ``pip freeze`` are run for, so only installs are quietened, by
+    :func:`_quiet_pip_installs`.
     """
     os.environ["PIP_PROGRESS_BAR"] = "off"
     os.environ["PIP_NO_COLOR"] = "1"
     os.environ["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+
+
+# --- pip install ----------------------------------------------------------------
+
+
+def _quiet_pip_installs(shell: Any) -> None:
+    """Add ``-qqq`` to the pip installs that IPython's shell syntax runs.
+
+    An AST transformer, not a text rewrite of the cell: IPython has turned ``!cmd`` into
+    ``get_ipython().system('cmd')`` by then, so only commands really run are changed (a
+    string that merely contains "!pip install" is not), wherever they stand (in a
+    function, a loop, ``x = !pip install ...``), and ``{var}`` expansion is untouched.
+    """
+    if any(getattr(t, _QUIET_PIP_MARKER, False) for t in shell.ast_transformers):
+        return
+    shell.ast_transformers.append(_QuietPipInstalls())
+
+
+class _QuietPipInstalls(ast.NodeTransformer):
+    """Rewrites the command strings of ``get_ipython()`` calls that run ``pip install``.
+
+    ``!`` and ``!!`` give ``system``/``getoutput`` calls, ``%pip`` a ``run_line_magic``
+    call, ``%%bash`` and ``%%sh`` cells a ``run_cell_magic`` call with the script.
+    """
+
+    _kernel_helper_quiet_pip = True  # the name in _QUIET_PIP_MARKER
+
+    def visit(self, node: ast.AST) -> ast.AST:
+        # One ast.walk changing arguments in place: about half the time of NodeTransformer's
+        # recursive visit, paid by every cell (5 us for `x = 1`).
+        for call in ast.walk(node):
+            if isinstance(call, ast.Call):
+                _quiet_pip_call(call)
+        return node
+
+
+def _quiet_pip_call(node: ast.Call) -> None:
+    """Add ``-qqq`` to the pip installs of one ``get_ipython().<method>(...)`` call."""
+    func, args = node.func, node.args
+    if not (isinstance(func, ast.Attribute) and _is_get_ipython_call(func.value)):
+        return
+    first = _constant(args[0]) if args else None  # the command, or the magic's name
+    if func.attr in ("system", "getoutput") and args:
+        _rewrite_constant(args, 0, _quiet_pip_install_lines)
+    elif func.attr == "run_line_magic" and first == "pip" and len(args) >= 2:
+        _rewrite_constant(args, 1, _quiet_pip_magic_line)
+    elif func.attr == "run_cell_magic" and first in _SHELL_CELL_MAGICS and len(args) >= 3:
+        _rewrite_constant(args, 2, _quiet_pip_install_lines)
+
+
+def _is_get_ipython_call(node: ast.AST) -> bool:
+    """Whether ``node`` is ``get_ipython()``."""
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "get_ipython"
+        and not node.args
+    )
+
+
+def _constant(node: ast.AST) -> object:
+    """The value of a constant node, None for any other."""
+    return node.value if isinstance(node, ast.Constant) else None
+
+
+def _rewrite_constant(args: list[ast.expr], index: int, rewrite: Callable[[str], str]) -> None:
+    """Replace the string constant ``args[index]`` by ``rewrite(its value)``."""
+    value = _constant(args[index])
+    if isinstance(value, str):
+        args[index] = ast.copy_location(ast.Constant(rewrite(value)), args[index])
+
+
+def _quiet_pip_install_lines(text: str) -> str:
+    """Add ``-qqq`` to each line of ``text`` that is a pip install without a verbosity option."""
+    return _PIP_INSTALL_LINE.sub(_add_quiet_option, text)
+
+
+def _quiet_pip_magic_line(line: str) -> str:
+    """The same for the arguments of ``%pip`` (``install numpy``)."""
+    return _quiet_pip_install_lines(f"pip {line}")[len("pip ") :]
+
+
+def _add_quiet_option(match: re.Match[str]) -> str:
+    """The matched pip install line with ``-qqq`` after ``install``."""
+    head, tail = match["head"], match["tail"]
+    if _PIP_VERBOSITY.search(tail):
+        return match[0]  # the command says how verbose pip should be
+    return f"{head} -qqq{tail}"
 
 
 # --- matplotlib -------------------------------------------------------------

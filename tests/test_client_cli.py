@@ -122,7 +122,9 @@ def test_run_c_runs_one_cell(server: LocalJupyterServer, tmp_path: Path) -> None
         "run", "-c", "import time; time.sleep(60)", "--timeout", "1", server=server, cwd=tmp_path
     )
     assert timed_out.returncode == 1
-    assert "timeout of 1 s" in timed_out.stdout
+    assert "Timeout: execution exceeded the timeout of 1 s" in timed_out.stdout
+    quiet = jupyter_exec("run", "-c", "!pip install --no-index pip", server=server, cwd=tmp_path)
+    assert (quiet.returncode, quiet.stdout) == (0, ""), quiet.stderr
 
 
 def test_run_reads_the_script_from_stdin(server: LocalJupyterServer, tmp_path: Path) -> None:
@@ -166,6 +168,9 @@ def test_command_line_errors(server: LocalJupyterServer, tmp_path: Path) -> None
     missing_dir = jupyter_exec("run", "-c", "1", "--output-dir", str(tmp_path / "nope"))
     assert missing_dir.returncode == 2
     assert "is not a directory" in missing_dir.stderr
+    no_kernel = jupyter_exec("run", "-c", "1", "--kernel", "cobol", server=server)
+    assert no_kernel.returncode == 2
+    assert "Kernel 'cobol' is not installed." in no_kernel.stderr
 
 
 @pytest.mark.slow

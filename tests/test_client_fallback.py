@@ -33,6 +33,10 @@ from jupyter_exec_client import (
 )
 from jupyter_exec_client.local_server import _other_extensions
 
+from .autogen_compat import (
+    check_pip_installs_are_quiet,
+    check_shell_blocks_of_ipython_lines_run_in_the_kernel,
+)
 from .conftest import free_port
 
 TOKEN = "fallback-test-token"
@@ -262,6 +266,16 @@ def test_huge_output_is_cut_and_the_whole_text_saved(executor: JupyterCodeExecut
     assert path.read_text() == "x" * 300_000 + "\nthe end\n"
 
 
+@pytest.mark.timeout(120)
+def test_pip_installs_are_quiet_and_failures_still_show(executor: JupyterCodeExecutor) -> None:
+    # The kernel has no kernel_helper here: the client adds -qqq to the lines it sends.
+    check_pip_installs_are_quiet(executor)
+
+
+def test_shell_blocks_of_ipython_lines_run_in_the_kernel(executor: JupyterCodeExecutor) -> None:
+    check_shell_blocks_of_ipython_lines_run_in_the_kernel(executor)
+
+
 @pytest.mark.timeout(90)
 def test_timeout_interrupts_and_keeps_output_and_state(server: PlainServer, tmp_path: Path) -> None:
     with JupyterCodeExecutor(server.connection_info, timeout=2, output_dir=tmp_path) as executor:
@@ -272,7 +286,7 @@ def test_timeout_interrupts_and_keeps_output_and_state(server: PlainServer, tmp_
         assert result.exit_code == 1
         assert result.output.startswith("started\n")
         assert "KeyboardInterrupt" in result.output
-        assert "timeout of 2 s" in result.output
+        assert "Timeout: execution exceeded the timeout of 2 s" in result.output
         # Still sleeping, the kernel would make this call wait past the test's time limit.
         assert run(executor, "print(kept + 1)") == IPythonCodeResult(0, "42", [])
 
@@ -326,7 +340,7 @@ def test_wrong_or_missing_token_raises_authentication_error(
 
 
 def test_unknown_kernel_raises_unknown_kernel_error(server: PlainServer, tmp_path: Path) -> None:
-    with pytest.raises(UnknownKernelError) as caught:
+    with pytest.raises(UnknownKernelError, match=r"Kernel 'cobol' is not installed\.") as caught:
         JupyterCodeExecutor(server.connection_info, kernel_name="cobol", output_dir=tmp_path)
     assert caught.value.kernel_name == "cobol"
     assert "python3" in caught.value.available_kernels
@@ -351,7 +365,7 @@ def test_async_executor_runs_and_cancels_on_the_kernels_api(
             result = await executor.execute_code_blocks([CodeBlock("v = 1"), CodeBlock(sleeper)])
             assert result.exit_code == 1
             assert result.output.startswith("going\n")
-            assert "timeout of 2 s" in result.output
+            assert "Timeout: execution exceeded the timeout of 2 s" in result.output
             assert (await executor.execute_code_blocks([CodeBlock("print(v)")])).output == "1"
             # Cancelled, the call interrupts the kernel: the next call does not wait for it.
             marker = tmp_path / "sleeping"

@@ -136,7 +136,6 @@ class AgentSessionsAPI(JupyterRestAPI):
                 raise UnknownKernelError(
                     kernel_name,
                     [k.strip() for k in match["kernels"].split(",") if k.strip()],
-                    match[0],
                     method=request.method,
                     url=self.connection_info.url(request.path),
                 )

@@ -144,7 +144,8 @@ class ExecutorCore:
         outputs: list[str] = []
         files: list[str] = []
         for block in code_blocks:
-            code = code_for_kernel(block.code, block.language)
+            # A kernel of the kernels backend has no kernel_helper to make pip installs quiet.
+            code = code_for_kernel(block.code, block.language, quiet_pip=self.kernels is not None)
             if code is None:
                 outputs.append(
                     f"Unsupported language {block.language!r}: this executor runs Python "

@@ -220,8 +220,10 @@ class KernelProtocolSession:
             yield from self._finish_abandoned_call(self._unfinished_msg_id, collector)
         outcome = yield from self._run(code, timeout, collector)
         if outcome.status == "timeout":
+            # "Timeout" first: AutoGen's executor says it, and agents written for it look for it.
             message = (
-                f"Execution exceeded the timeout of {timeout:g} s and the kernel was interrupted."
+                f"Timeout: execution exceeded the timeout of {timeout:g} s and the kernel was "
+                "interrupted."
             )
             if outcome.unresponsive:
                 problem = yield from self._recover(restart=True)

@@ -52,8 +52,6 @@ class KernelsAPI(JupyterRestAPI):
                 raise UnknownKernelError(
                     kernel_name,
                     available,
-                    f"Unknown kernel_name {kernel_name!r}; available kernels: "
-                    f"{', '.join(available)}",
                     method=request.method,
                     url=self.connection_info.url(request.path),
                 )

@@ -122,18 +122,25 @@ class SessionNotFoundError(APIError):
 
 
 class UnknownKernelError(APIError, ValueError):
-    """The server has no kernel of the requested name; ``available_kernels`` lists those it has."""
+    """The server has no kernel of the requested name; ``available_kernels`` lists those it has.
+
+    Its message begins as AutoGen's ``ValueError`` for this does ("Kernel ... is not
+    installed."), so code that matches that message matches this one.
+    """
 
     def __init__(
         self,
         kernel_name: str,
         available_kernels: list[str],
-        message: str,
         *,
         method: str = "",
         url: str = "",
     ) -> None:
         """Keep the requested ``kernel_name`` and the ``available_kernels``."""
+        message = (
+            f"Kernel {kernel_name!r} is not installed. The server's kernels are: "
+            f"{', '.join(available_kernels) or '(none)'}."
+        )
         super().__init__(400, message, method=method, url=url, explanation=message)
         self.kernel_name = kernel_name
         self.available_kernels = available_kernels

@@ -43,6 +43,8 @@ class _ExecutorBase:
         self._jupyter_server = jupyter_server
         self._transport = SyncTransport(self._core.connection_info)
         self._code_extractor = MarkdownCodeExtractor()
+        # As given (AutoGen's `_output_dir`); the core keeps it resolved.
+        self._output_dir_as_given = Path(output_dir)
 
     @property
     def code_extractor(self) -> MarkdownCodeExtractor:
@@ -90,6 +92,30 @@ class _ExecutorBase:
     def closed(self) -> bool:
         """Whether the executor was stopped."""
         return self._core.state == "closed"
+
+    # AutoGen's executor keeps its arguments in these attributes, and its tests and code built
+    # on it read them: the same values, read-only.
+
+    @property
+    def _timeout(self) -> float:
+        return self._core.timeout
+
+    @property
+    def _kernel_name(self) -> str:
+        return self._core.kernel_name
+
+    @property
+    def _output_dir(self) -> Path:
+        """The ``output_dir`` argument as a ``Path``, relative if it was given so."""
+        return self._output_dir_as_given
+
+    @property
+    def _connection_info(self) -> JupyterConnectionInfo:
+        return self._core.connection_info
+
+    @property
+    def _kernel_id(self) -> str | None:
+        return self._core.kernel_id
 
 
 class JupyterCodeExecutor(_ExecutorBase):
