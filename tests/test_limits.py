@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -50,10 +51,8 @@ def _bytes_in(folder: Path) -> int:
     total = 0
     for directory, _, names in os.walk(folder):
         for name in names:
-            try:
+            with contextlib.suppress(FileNotFoundError):  # a file deleted meanwhile
                 total += os.lstat(os.path.join(directory, name)).st_size
-            except FileNotFoundError:
-                pass
     return total
 
 
