@@ -58,6 +58,12 @@ plt.show()
 """
 PLOT_WARMUP_CODE = "import matplotlib.pyplot as plt\n" + PLOT_CODE
 MEGABYTE = 1_000_000
+#: Calls whose output is 100 MB: the server's memory must not follow.
+HUGE_OUTPUT_CODES = {
+    "print": "print('x' * 100_000_000)",
+    "result": "'x' * 100_000_000",
+    "error": "raise ValueError('x' * 100_000_000)",
+}
 #: Kernels the extension keeps ready by default (``AgentSessionManager.kernel_pool``).
 DEFAULT_POOL_SIZE = 2
 
@@ -378,6 +384,45 @@ class ServerProcess:
         self.sweeper.sweep(leftovers)
         self.process.wait()
         self.http.close()
+
+
+class PeakRss:
+    """The growth of a process's peak RSS from now on.
+
+    On Linux, writing 5 to ``/proc/<pid>/clear_refs`` resets the process's RSS high-water
+    mark (``VmHWM``), so the peak is exact; elsewhere a thread samples the RSS every 2 ms.
+    """
+
+    def __init__(self, pid: int) -> None:
+        """Start watching process ``pid``."""
+        self.process = psutil.Process(pid)
+        self.start = self.process.memory_info().rss
+        self._peak = self.start
+        self._stop = threading.Event()
+        self._sampler: threading.Thread | None = None
+        try:
+            Path(f"/proc/{pid}/clear_refs").write_text("5", encoding="ascii")
+            self.how = "VmHWM"
+        except OSError:
+            self.how = "sampling every 2 ms"
+            self._sampler = threading.Thread(target=self._sample, daemon=True)
+            self._sampler.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            with contextlib.suppress(psutil.Error):
+                self._peak = max(self._peak, self.process.memory_info().rss)
+
+    def growth(self) -> int:
+        """Bytes the peak RSS grew by; stops the sampling."""
+        if self._sampler is not None:
+            self._stop.set()
+            self._sampler.join()
+            return self._peak - self.start
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 - self.start
+        raise BenchmarkError("No VmHWM in /proc/<pid>/status")
 
 
 @dataclass
@@ -867,6 +912,7 @@ class Benchmark:
         self.measure_prints(session, raw)
         session.close()
         self.measure_pool_creation(pooled_server)
+        self.measure_huge_output_memory(pooled_server)
         pooled_server.stop()
         raw.shutdown()
 
@@ -1059,6 +1105,39 @@ class Benchmark:
                     },
                 )
             )
+
+    def measure_huge_output_memory(self, server: ServerProcess) -> None:
+        """The server's peak RSS growth while one call prints, returns or raises 100 MB."""
+        session_id = server.create_session()
+        server.api("POST", f"agent-sessions/{session_id}/execute", json={"code": "1"})
+        for name, code in HUGE_OUTPUT_CODES.items():
+            progress(f"Server memory while a call's {name} is 100 MB")
+            peak = PeakRss(server.pid)
+            started = time.perf_counter()
+            result = server.api(
+                "POST",
+                f"agent-sessions/{session_id}/execute",
+                json={"code": code, "timeout": REQUEST_TIMEOUT},
+            )
+            duration = time.perf_counter() - started
+            [full] = [f for f in result["files"] if f["mime_type"] == "text/plain"]
+            if full["size"] < 100 * MEGABYTE:
+                raise BenchmarkError(f"The whole text of the {name} was not kept: {full}")
+            self.add(
+                Metric(
+                    f"huge_{name}_server_rss",
+                    f"server RSS growth, 100 MB {name}",
+                    "MB",
+                    peak.growth() / 1e6,
+                    target=Target("max", 50.0, "MB"),
+                    details={
+                        "seconds": round(duration, 2),
+                        "output_chars": len(result["output"]),
+                        "peak_measured_by": peak.how,
+                    },
+                )
+            )
+        server.delete_session(session_id)
 
     def measure_pool_creation(self, server: ServerProcess) -> None:
         """Session creation taken from the pool, waiting for the refill before each."""

@@ -15,6 +15,7 @@ from hmac import compare_digest
 from queue import Empty
 from typing import Any
 
+import zmq
 from jupyter_client.adapter import adapt
 from jupyter_client.session import Session
 from jupyter_server._tz import utcnow
@@ -27,6 +28,12 @@ DIGEST_HISTORY_SIZE = 1024
 #: Messages on IOPub answer one of the last this many requests sent, or they are not queued.
 #: Calls of a session run one at a time, so a handful covers a late answer to a cancelled call.
 _TRACKED_REQUESTS = 16
+
+#: Messages ZMQ queues in the server for one kernel's IOPub before it stops reading the
+#: socket (its default is 1,000 messages, of any size). The kernel helper sends long texts in
+#: pieces of at most 64 KiB and makes the kernel wait instead of dropping, so this bounds what
+#: a kernel that writes faster than the server reads costs the server: 64 x 64 KiB = 4 MiB.
+IOPUB_QUEUE_MESSAGES = 64
 
 
 class ShellRequests:
@@ -154,6 +161,8 @@ class LocalKernelChannels(ShellRequests):
         # One watcher is enough: jupyter_server's would decode every message again.
         kernel_manager.stop_watching_activity(kernel_id)
         self._iopub = self.kernel.connect_iopub()
+        # Applies to the connection made just now too (libzmq >= 4.2 updates its pipes).
+        self._iopub.socket.setsockopt(zmq.RCVHWM, IOPUB_QUEUE_MESSAGES)
         self._shell = self.kernel.connect_shell()
         self._iopub.on_recv(self._on_iopub)
         self._shell.on_recv(self._on_shell)

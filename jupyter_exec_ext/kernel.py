@@ -262,7 +262,7 @@ class KernelConnection:
                 break
             if msg_type == "execute_input":
                 execution_count = content.get("execution_count")
-            capture.handle(msg_type, content)
+            capture.handle(msg_type, content, msg.get("metadata"))
         reply = await self._drain_shell((msg_id,)) or {}
         execution_count = reply.get("execution_count", execution_count)
         exited = False

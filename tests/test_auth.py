@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from jupyter_server.auth import Authorizer
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from jupyter_exec_ext import handlers as our_handlers
@@ -17,6 +18,27 @@ from jupyter_exec_ext import handlers as our_handlers
 from .conftest import Api
 
 _METHODS = ("get", "post", "put", "patch", "delete")
+
+
+class PolicyAuthorizer(Authorizer):
+    """A real authorizer of the server that refuses some actions on the ``kernels`` resource.
+
+    It allows everything until a test sets ``refused``, so the tests can first make a session
+    and a file to aim at.
+    """
+
+    refused: frozenset[str] = frozenset()
+
+    def is_authorized(self, handler: Any, user: Any, action: str, resource: str) -> bool:
+        """Refuse the ``refused`` actions on kernels; allow the rest."""
+        return not (resource == "kernels" and action in self.refused)
+
+
+@pytest.fixture
+def jp_server_config(jp_server_config: dict[str, Any]) -> dict[str, Any]:
+    """The server of conftest, with :class:`PolicyAuthorizer` as its authorizer."""
+    server_app = {**jp_server_config["ServerApp"], "authorizer_class": PolicyAuthorizer}
+    return {**jp_server_config, "ServerApp": server_app}
 
 
 def _rules(router: Any) -> Any:
@@ -97,6 +119,31 @@ async def test_the_right_token_opens_every_route(
     for method, path in sorted(routes, key=lambda route: route[0] == "DELETE"):
         status = await fetch(base + path, method, {"Authorization": f"token {token}"})
         assert status in (200, 201, 204), (method, path, status)
+
+
+@pytest.mark.parametrize(
+    ("refused", "allowed_methods"),
+    [({"read", "write", "execute"}, set()), ({"write", "execute"}, {"GET"})],
+    ids=["refuses-kernels", "allows-only-reads"],
+)
+async def test_the_servers_authorizer_decides_every_route(
+    api: Api,
+    jp_serverapp: Any,
+    jp_http_port: int,
+    refused: set[str],
+    allowed_methods: set[str],
+) -> None:
+    routes, base = await make_targets(api, jp_serverapp, jp_http_port)
+    assert isinstance(jp_serverapp.authorizer, PolicyAuthorizer)
+    jp_serverapp.authorizer.refused = frozenset(refused)
+    headers = {"Authorization": f"token {jp_serverapp.identity_provider.token}"}
+    for method, path in routes:
+        expected = 200 if method in allowed_methods else 403
+        assert await fetch(base + path, method, headers) == expected, (method, path)
+    # A refused call changed nothing: the session is still there and ran nothing more.
+    jp_serverapp.authorizer.refused = frozenset()
+    [session] = (await api.request("GET")).json
+    assert session["execution_count"] == 1
 
 
 async def test_a_cookie_without_xsrf_cannot_write(

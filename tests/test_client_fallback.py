@@ -31,6 +31,7 @@ from jupyter_exec_client import (
     JupyterConnectionInfo,
     UnknownKernelError,
 )
+from jupyter_exec_client._kernel_output import OutputCollector
 from jupyter_exec_client.local_server import _other_extensions
 
 from .autogen_compat import (
@@ -274,6 +275,31 @@ def test_pip_installs_are_quiet_and_failures_still_show(executor: JupyterCodeExe
 
 def test_shell_blocks_of_ipython_lines_run_in_the_kernel(executor: JupyterCodeExecutor) -> None:
     check_shell_blocks_of_ipython_lines_run_in_the_kernel(executor)
+
+
+@pytest.mark.parametrize(
+    "code", ["'x' * 300_000", "raise ValueError('x' * 300_000)"], ids=["result", "error"]
+)
+def test_huge_results_and_errors_are_cut_like_prints(
+    executor: JupyterCodeExecutor, code: str
+) -> None:
+    result = run(executor, code)
+    assert len(result.output) < 150_000
+    assert "characters cut" in result.output
+    (path,) = map(Path, result.output_files)
+    assert path.read_text().count("x") >= 300_000
+
+
+def test_the_collector_cuts_every_text_of_an_item(tmp_path: Path) -> None:
+    collector = OutputCollector(tmp_path, max_chars=1000)
+    collector.handle("execute_result", {"data": {"text/plain": "r" * 5000}, "execution_count": 1})
+    collector.handle("error", {"ename": "E", "evalue": "v" * 5000, "traceback": ["t" * 5000]})
+    result = collector.result("error", 1)
+    [item] = [item for item in result["outputs"] if item["type"] == "result"]
+    assert len(item["text"]) < 1100
+    assert item["truncated"] is True
+    assert len(result["error"]["evalue"]) < 1100
+    assert len("\n".join(result["error"]["traceback"])) < 1100
 
 
 @pytest.mark.timeout(90)
