@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from hmac import compare_digest
 from queue import Empty
 from typing import Any
@@ -70,6 +71,11 @@ class ShellRequests:
     def kernel_info(self) -> str:
         """Send a kernel_info_request and return its msg_id."""
         return self._send_shell("kernel_info_request", {})
+
+
+def _track_every_message(msg_type: str | None) -> bool:
+    """What jupyter_server < 2.15 tracks as kernel activity: every message."""
+    return True
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -158,6 +164,11 @@ class LocalKernelChannels(ShellRequests):
         )
         self._queues = {"shell": ChannelQueue(), "iopub": ChannelQueue()}
         self._requests: deque[str] = deque(maxlen=_TRACKED_REQUESTS)
+        # jupyter_server < 2.15 has no untracked message types: there every message counts
+        # as activity and every status sets the execution state, as its own watcher did.
+        self._tracks: Callable[[str | None], bool] = getattr(
+            kernel_manager, "track_message_type", _track_every_message
+        )
         # One watcher is enough: jupyter_server's would decode every message again.
         kernel_manager.stop_watching_activity(kernel_id)
         self._iopub = self.kernel.connect_iopub()
@@ -221,8 +232,8 @@ class LocalKernelChannels(ShellRequests):
         manager, kernel = self.kernel_manager, self.kernel
         msg_type = msg["header"]["msg_type"]
         parent_type = msg["parent_header"].get("msg_type")
-        tracked = manager.track_message_type(parent_type)
-        if manager.track_message_type(msg_type) or tracked or kernel.execution_state == "busy":
+        tracked = self._tracks(parent_type)
+        if self._tracks(msg_type) or tracked or kernel.execution_state == "busy":
             manager.last_kernel_activity = kernel.last_activity = utcnow()
         if msg_type == "status":
             state = msg["content"].get("execution_state")

@@ -471,3 +471,26 @@ def test_foreign_origin_is_refused_as_on_kernel_routes(gateway: Gateway) -> None
     ours = gateway.request("GET", "api/agent-sessions", headers=foreign)
     kernels = gateway.request("GET", "api/kernels", headers=foreign)
     assert ours.status_code == kernels.status_code == 404
+
+
+def test_a_gateway_too_old_refuses_to_start_saying_what_to_install(tmp_path: Path) -> None:
+    """Kernel Gateway 2.5.0 as ``importlib.metadata`` sees it (the extra declares >= 3.0):
+    the gateway exits at start with the reason, instead of serving a broken API."""
+    from .test_packaging import installed_as  # noqa: PLC0415 - one helper for both files
+
+    shadow = installed_as(tmp_path / "site", "jupyter_kernel_gateway", "2.5.0")
+    path = os.pathsep.join(filter(None, [str(shadow), os.environ.get("PYTHONPATH")]))
+    finished = subprocess.run(
+        [
+            sys.executable, "-m", "jupyter", "kernelgateway",
+            "--KernelGatewayApp.api=jupyter_exec_ext.kernel_gateway",
+            f"--KernelGatewayApp.port={free_port()}", "--KernelGatewayApp.port_retries=0",
+        ],
+        check=False, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": path, "JUPYTER_PLATFORM_DIRS": "1"},
+    )  # fmt: skip
+    assert finished.returncode != 0
+    assert (
+        "jupyter_exec_ext.kernel_gateway is not enabled: jupyter-kernel-gateway 2.5.0 is "
+        "installed, it needs jupyter-kernel-gateway>=3.0"
+    ) in finished.stderr
