@@ -79,10 +79,17 @@ class WorkspaceChanges:
     """
 
     def __init__(
-        self, root: Path, max_entries: int, ignore: Callable[[str], bool] = lambda _: False
+        self,
+        root: Path,
+        max_entries: int,
+        ignore: Callable[[str], bool] = lambda _: False,
+        *,
+        use_inotify: bool = True,
     ) -> None:
-        """Look at ``root``; nothing is read before :meth:`start`."""
+        """Look at ``root``; nothing is read before :meth:`start`. Without ``use_inotify``
+        (or without inotify) each call scans the folder."""
         self.root = root
+        self.use_inotify = use_inotify
         self.max_entries = max_entries
         self.ignore = ignore
         #: The files as last seen, by path relative to the root.
@@ -100,7 +107,7 @@ class WorkspaceChanges:
 
     def start(self) -> None:
         """Take the folder's first picture and, on Linux, start watching it."""
-        if _LIBC is not None:
+        if _LIBC is not None and self.use_inotify:
             fd = _LIBC.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
             if fd >= 0:
                 self._fd = fd
