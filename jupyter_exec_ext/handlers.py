@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any, BinaryIO
+from urllib.parse import quote
 
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
@@ -257,6 +258,9 @@ class WorkspaceHandler(AgentSessionsAPIHandler):
         if not isinstance(found, OpenedFile):
             self.finish_json(found)
             return
+        # A browser saves the file instead of showing it; a client tells it from a listing.
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        self.set_header("Content-Disposition", f"attachment; filename*=UTF-8''{quote(name)}")
         await self.send_file(found.handle, found.mime_type, found.size)
 
     @web.authenticated
@@ -270,7 +274,11 @@ class WorkspaceHandler(AgentSessionsAPIHandler):
             self.set_header(
                 "Location",
                 url_path_join(
-                    self.base_url, "api/agent-sessions", session_id, "workspace", model["path"]
+                    self.base_url,
+                    "api/agent-sessions",
+                    quote(session_id, safe=""),
+                    "workspace",
+                    quote(model["path"], safe="/"),
                 ),
             )
         self.finish_json(model, status=201 if created else 200)
@@ -282,6 +290,16 @@ class WorkspaceHandler(AgentSessionsAPIHandler):
         self.agent_session_manager.delete_workspace_path(session_id, path)
         self.set_status(204)
         self.finish()
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Errors as JSON; a refused upload also closes the connection.
+
+        Its body may be unread (refused before it came): tornado drops the rest and closes
+        the connection, and the header tells the client not to reuse it.
+        """
+        if self.request.method == "PUT":
+            self.set_header("Connection", "close")
+        super().write_error(status_code, **kwargs)
 
     def on_finish(self) -> None:
         """Leave nothing of an upload that did not complete."""

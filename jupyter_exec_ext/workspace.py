@@ -143,8 +143,9 @@ class Workspace:
         root = self.root.resolve()
         resolved = Path(os.path.realpath(root.joinpath(*parts)))
         if resolved != root and not resolved.is_relative_to(root):
+            # 400, not 403: a 403 means the credentials or the authorizer said no.
             raise web.HTTPError(
-                403, f"{path!r} leads out of the session's working folder (a symlink)"
+                400, f"Invalid path {path!r}: it leads out of the session's working folder"
             )
         return resolved, "/".join(parts)
 
@@ -197,7 +198,7 @@ class Workspace:
         except FileNotFoundError as e:
             raise self._not_found(relative) from e
         except OSError as e:  # a symlink swapped in since the check (ELOOP)
-            raise web.HTTPError(403, f"Cannot read {relative!r}: {e.strerror}") from e
+            raise web.HTTPError(400, f"Cannot read {relative!r}: {e.strerror}") from e
         status = os.fstat(descriptor)
         if not stat.S_ISREG(status.st_mode):
             os.close(descriptor)
