@@ -471,3 +471,33 @@ def test_foreign_origin_is_refused_as_on_kernel_routes(gateway: Gateway) -> None
     ours = gateway.request("GET", "api/agent-sessions", headers=foreign)
     kernels = gateway.request("GET", "api/kernels", headers=foreign)
     assert ours.status_code == kernels.status_code == 404
+
+
+def test_workspace_and_env_in_the_gateway(gateway: Gateway) -> None:
+    model = gateway.create(env={"GATEWAY_SECRET": "s3", "PYTHONFOO": "cold"})
+    sid = model["id"]
+    assert model["env_keys"] == ["GATEWAY_SECRET", "PYTHONFOO"]
+    assert b"s3" not in gateway.request("GET", f"api/agent-sessions/{sid}").content
+    put = gateway.request("PUT", f"api/agent-sessions/{sid}/workspace/in/data.bin", data=b"\0\1")
+    assert put.status_code == 201, put.text
+    result = gateway.execute(
+        sid,
+        "import os\nopen('out.txt', 'w').write(str(len(open('in/data.bin', 'rb').read())) + "
+        "os.environ['GATEWAY_SECRET'])",
+    )
+    assert result["workspace_changes"] == [{"path": "out.txt", "size": 3, "change": "created"}]
+    got = gateway.request("GET", f"api/agent-sessions/{sid}/workspace/out.txt")
+    assert got.content == b"2s3"
+    listing = gateway.request("GET", f"api/agent-sessions/{sid}/workspace").json()
+    assert {e["name"] for e in listing["entries"]} >= {"in", "out.txt"}
+    assert gateway.request("DELETE", f"api/agent-sessions/{sid}/workspace/in").status_code == 204
+    refused = gateway.request("GET", f"api/agent-sessions/{sid}/workspace/../../etc/passwd")
+    assert refused.status_code in (400, 404)
+    no_token = gateway.request(
+        "PUT", f"api/agent-sessions/{sid}/workspace/intruder", token=None, data=b"x"
+    )
+    assert no_token.status_code == 401
+    session_dir = gateway.root_dir / "agent-sessions" / model["name"]
+    assert not (session_dir / "intruder").exists()
+    assert not (session_dir / "in").exists()
+    gateway.request("DELETE", f"api/agent-sessions/{sid}")
