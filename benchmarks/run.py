@@ -70,6 +70,13 @@ SETUP_PARALLELISM = 4
 # -- settings ------------------------------------------------------------------------------
 
 
+#: Fills a session's working folder with 1,000 small files.
+WORKSPACE_FILES_CODE = (
+    "import os\nos.makedirs('files', exist_ok=True)\n"
+    "for n in range(1000):\n    open(f'files/f{n}.txt', 'w').write('x')"
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     """How many samples each measurement takes."""
@@ -246,8 +253,10 @@ class ServerProcess:
         *,
         kernel_pool: dict[str, int] | None = None,
         probe: bool = False,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
-        """Start a server in ``work_dir``; ``kernel_pool=None`` keeps the default pool."""
+        """Start a server in ``work_dir``; ``kernel_pool=None`` keeps the default pool;
+        ``extra_args`` go on its command line."""
         self.sweeper = sweeper
         self.port = free_port()
         self.token = secrets.token_hex(32)
@@ -273,6 +282,7 @@ class ServerProcess:
         ]
         if kernel_pool is not None:
             command.append(f"--AgentSessionManager.kernel_pool={kernel_pool!r}")
+        command.extend(extra_args)
         env = dict(os.environ)
         if probe:
             env["PYTHONPATH"] = os.pathsep.join(
@@ -876,6 +886,7 @@ class Benchmark:
         self.measure_cold_creation(cold_server)
         self.measure_many_sessions(cold_server, stack)
         cold_server.stop()
+        self.measure_workspace_tracking(stack)
 
     # -- phases ----------------------------------------------------------------------------
 
@@ -986,6 +997,50 @@ class Benchmark:
                 percentile(ours_ms, 0.95),
                 percentile(floor_ms, 0.95),
                 details=details,
+            )
+        )
+
+    def measure_workspace_tracking(self, stack: contextlib.ExitStack) -> None:
+        """``x=1`` in a working folder of 1,000 files, changes tracked against not tracked.
+
+        Two servers, the same but for ``track_workspace_changes``, each with one session
+        whose folder holds 1,000 files; calls alternate between them in blocks.
+        """
+        settings = self.settings
+        progress(f"{CALL_CODE!r} in a folder of 1,000 files, change tracking on and off")
+        sessions = []
+        for tracked in (True, False):
+            server = ServerProcess(
+                self.work_dir,
+                self.sweeper,
+                kernel_pool={},
+                extra_args=(f"--AgentSessionManager.track_workspace_changes={tracked}",),
+            )
+            stack.callback(server.stop)
+            session = self.ours.open(server, self.output_dir)
+            stack.callback(session.close)
+            session.run(WORKSPACE_FILES_CODE)
+            sessions.append(session)
+        on, off = sessions
+        for _ in range(settings.warmup_calls):
+            on.run(CALL_CODE)
+            off.run(CALL_CODE)
+        tracked_times: list[float] = []
+        untracked_times: list[float] = []
+        while len(tracked_times) < settings.roundtrip_calls:
+            block = min(settings.roundtrip_block, settings.roundtrip_calls - len(tracked_times))
+            tracked_times.extend(timed(lambda: on.run(CALL_CODE)) for _ in range(block))
+            untracked_times.extend(timed(lambda: off.run(CALL_CODE)) for _ in range(block))
+        on_ms, off_ms = milliseconds(tracked_times), milliseconds(untracked_times)
+        self.add(
+            Metric(
+                "workspace_tracking",
+                f"{CALL_CODE} with 1,000 files, changes tracked (raw: not tracked)",
+                "ms",
+                statistics.median(on_ms),
+                statistics.median(off_ms),
+                Target("ratio_max", 1.05),
+                {"tracked": summary(on_ms), "untracked": summary(off_ms)},
             )
         )
 
