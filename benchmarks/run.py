@@ -963,19 +963,30 @@ class Benchmark:
             "first_call": round(done - executor_ready, 4),
         }
 
+    def _interleaved(
+        self, first: Callable[[], Any], second: Callable[[], Any]
+    ) -> tuple[list[float], list[float]]:
+        """Seconds per call of ``first`` and ``second``, after a warm-up, in alternating
+        blocks (``roundtrip_calls`` each), so that a change of load hits both alike."""
+        settings = self.settings
+        for _ in range(settings.warmup_calls):
+            first()
+            second()
+        first_times: list[float] = []
+        second_times: list[float] = []
+        while len(first_times) < settings.roundtrip_calls:
+            block = min(settings.roundtrip_block, settings.roundtrip_calls - len(first_times))
+            first_times.extend(timed(first) for _ in range(block))
+            second_times.extend(timed(second) for _ in range(block))
+        return first_times, second_times
+
     def measure_roundtrip(self, session: OurSession, raw: RawKernel) -> None:
         """``x=1`` through our path and the floor, interleaved in blocks."""
         settings = self.settings
         progress(f"Round trip of {CALL_CODE!r}: {settings.roundtrip_calls} calls each")
-        for _ in range(settings.warmup_calls):
-            session.run(CALL_CODE)
-            raw.execute(CALL_CODE)
-        ours: list[float] = []
-        floor: list[float] = []
-        while len(ours) < settings.roundtrip_calls:
-            block = min(settings.roundtrip_block, settings.roundtrip_calls - len(ours))
-            ours.extend(timed(lambda: session.run(CALL_CODE)) for _ in range(block))
-            floor.extend(timed(lambda: raw.execute(CALL_CODE)) for _ in range(block))
+        ours, floor = self._interleaved(
+            lambda: session.run(CALL_CODE), lambda: raw.execute(CALL_CODE)
+        )
         ours_ms, floor_ms = milliseconds(ours), milliseconds(floor)
         details = {"ours": summary(ours_ms), "raw": summary(floor_ms)}
         self.add(
@@ -1006,7 +1017,6 @@ class Benchmark:
         Two servers, the same but for ``track_workspace_changes``, each with one session
         whose folder holds 1,000 files; calls alternate between them in blocks.
         """
-        settings = self.settings
         progress(f"{CALL_CODE!r} in a folder of 1,000 files, change tracking on and off")
         sessions = []
         for tracked in (True, False):
@@ -1022,15 +1032,9 @@ class Benchmark:
             session.run(WORKSPACE_FILES_CODE)
             sessions.append(session)
         on, off = sessions
-        for _ in range(settings.warmup_calls):
-            on.run(CALL_CODE)
-            off.run(CALL_CODE)
-        tracked_times: list[float] = []
-        untracked_times: list[float] = []
-        while len(tracked_times) < settings.roundtrip_calls:
-            block = min(settings.roundtrip_block, settings.roundtrip_calls - len(tracked_times))
-            tracked_times.extend(timed(lambda: on.run(CALL_CODE)) for _ in range(block))
-            untracked_times.extend(timed(lambda: off.run(CALL_CODE)) for _ in range(block))
+        tracked_times, untracked_times = self._interleaved(
+            lambda: on.run(CALL_CODE), lambda: off.run(CALL_CODE)
+        )
         on_ms, off_ms = milliseconds(tracked_times), milliseconds(untracked_times)
         self.add(
             Metric(

@@ -22,17 +22,10 @@ from typing import Any, BinaryIO
 
 from tornado import web
 
-#: Opening a file to serve never follows a symlink in its place, never blocks on a FIFO.
-_READ_FLAGS = (
-    os.O_RDONLY
-    | getattr(os, "O_NOFOLLOW", 0)
-    | getattr(os, "O_NONBLOCK", 0)
-    | getattr(os, "O_BINARY", 0)
-)
-#: An upload's temporary file is always a new inode of ours.
-_CREATE_FLAGS = (
-    os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
-)
+# Files are opened as the output store opens its own: never through a symlink, never
+# blocking on a FIFO, and a new file is always a new inode of ours.
+from .store import _CREATE_FLAGS, _READ_FLAGS
+
 #: Prefix of uploads in progress; the folder's listing and change tracking skip them.
 UPLOAD_PREFIX = ".jupyter-exec-upload-"
 

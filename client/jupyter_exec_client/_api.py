@@ -117,6 +117,20 @@ class JupyterRestAPI:
         """Raise the error a 404 answer to ``request`` means; return for a plain APIError."""
         yield from ()
 
+    def _workspace_answer(self, request: Request, response: Response | None = None) -> Flow[Any]:
+        """Send a request about a file (unless answered); a refused path raises
+        WorkspacePathError, other errors as :meth:`_checked` raises them."""
+        if response is None:
+            response = yield request
+        if response.status in (400, 409):
+            raise WorkspacePathError(
+                response.status,
+                _server_message(response),
+                method=request.method,
+                url=self.connection_info.url(request.path),
+            )
+        return (yield from self._checked(request, response))
+
     def _malformed(self, request: Request, answer: Any) -> APIError:
         return APIError(
             200,
@@ -253,19 +267,6 @@ class AgentSessionsAPI(JupyterRestAPI):
     def delete_workspace_path(self, session_id: str, path: str) -> Flow[None]:
         """Delete a file or folder of the session's working folder."""
         yield from self._workspace_answer(Request("DELETE", _workspace_path(session_id, path)))
-
-    def _workspace_answer(self, request: Request, response: Response | None = None) -> Flow[Any]:
-        """Send a workspace request (unless answered); a refused path: WorkspacePathError."""
-        if response is None:
-            response = yield request
-        if response.status in (400, 409):
-            raise WorkspacePathError(
-                response.status,
-                _server_message(response),
-                method=request.method,
-                url=self.connection_info.url(request.path),
-            )
-        return (yield from self._checked(request, response))
 
     # -- answers -------------------------------------------------------------------------
 

@@ -19,9 +19,7 @@ from ._api import (
     Flow,
     JupyterRestAPI,
     Request,
-    Response,
     _json_object,
-    _server_message,
 )
 from .errors import (
     WorkspaceFileNotFoundError,
@@ -49,7 +47,7 @@ class ContentsAPI(JupyterRestAPI):
         request = Request(
             "PUT", _contents_path(remote_path), body, read_timeout=KERNEL_START_READ_TIMEOUT
         )
-        return _entry(_json_object((yield from self._answer(request))))
+        return _entry(_json_object((yield from self._workspace_answer(request))))
 
     def download(self, remote_path: str, local_path: Path) -> Flow[None]:
         """Write the file at ``remote_path`` into ``local_path`` (a new file)."""
@@ -59,7 +57,7 @@ class ContentsAPI(JupyterRestAPI):
             _contents_path(remote_path) + "?type=file&format=base64&content=1",
             read_timeout=KERNEL_START_READ_TIMEOUT,
         )
-        model = _json_object((yield from self._answer(request)))
+        model = _json_object((yield from self._workspace_answer(request)))
         content = model.get("content")
         if not isinstance(content, str):
             raise self._malformed(request, model)
@@ -70,7 +68,7 @@ class ContentsAPI(JupyterRestAPI):
         """The listing of a folder, shaped as the workspace API answers it."""
         yield from self._check_available()
         request = Request("GET", _contents_path(path) + "?content=1")
-        model = _json_object((yield from self._answer(request)))
+        model = _json_object((yield from self._workspace_answer(request)))
         if model.get("type") != "directory":
             raise WorkspacePathError(
                 400,
@@ -85,15 +83,15 @@ class ContentsAPI(JupyterRestAPI):
     def delete(self, path: str) -> Flow[None]:
         """Delete a file or folder."""
         yield from self._check_available()
-        yield from self._answer(Request("DELETE", _contents_path(path)))
+        yield from self._workspace_answer(Request("DELETE", _contents_path(path)))
 
     def _make_folder(self, path: str) -> Flow[None]:
         request = Request("GET", _contents_path(path) + "?content=0")
         response = yield request
         if response.status == 404:
-            yield from self._answer(Request("PUT", _contents_path(path), {"type": "directory"}))
+            yield from self._workspace_answer(Request("PUT", _contents_path(path), {"type": "directory"}))
         else:
-            yield from self._answer(request, response)
+            yield from self._workspace_answer(request, response)
 
     def _check_available(self) -> Flow[None]:
         """Raise WorkspaceUnavailableError when the server has no Contents API."""
@@ -111,18 +109,6 @@ class ContentsAPI(JupyterRestAPI):
                 "API nor a Contents API (Jupyter Kernel Gateway has none), so files cannot be "
                 "moved in or out: install jupyter-exec-ext into the server's environment."
             )
-
-    def _answer(self, request: Request, response: Response | None = None) -> Flow[Any]:
-        if response is None:
-            response = yield request
-        if response.status in (400, 409):
-            raise WorkspacePathError(
-                response.status,
-                _server_message(response),
-                method=request.method,
-                url=self.connection_info.url(request.path),
-            )
-        return (yield from self._checked(request, response))
 
     def _not_found(self, request: Request, message: str) -> Flow[None]:
         raise WorkspaceFileNotFoundError(
