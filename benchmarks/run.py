@@ -76,6 +76,13 @@ SETUP_PARALLELISM = 4
 # -- settings ------------------------------------------------------------------------------
 
 
+#: Fills a session's working folder with 1,000 small files.
+WORKSPACE_FILES_CODE = (
+    "import os\nos.makedirs('files', exist_ok=True)\n"
+    "for n in range(1000):\n    open(f'files/f{n}.txt', 'w').write('x')"
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     """How many samples each measurement takes."""
@@ -252,8 +259,10 @@ class ServerProcess:
         *,
         kernel_pool: dict[str, int] | None = None,
         probe: bool = False,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
-        """Start a server in ``work_dir``; ``kernel_pool=None`` keeps the default pool."""
+        """Start a server in ``work_dir``; ``kernel_pool=None`` keeps the default pool;
+        ``extra_args`` go on its command line."""
         self.sweeper = sweeper
         self.port = free_port()
         self.token = secrets.token_hex(32)
@@ -279,6 +288,7 @@ class ServerProcess:
         ]
         if kernel_pool is not None:
             command.append(f"--AgentSessionManager.kernel_pool={kernel_pool!r}")
+        command.extend(extra_args)
         env = dict(os.environ)
         if probe:
             env["PYTHONPATH"] = os.pathsep.join(
@@ -922,6 +932,7 @@ class Benchmark:
         self.measure_cold_creation(cold_server)
         self.measure_many_sessions(cold_server, stack)
         cold_server.stop()
+        self.measure_workspace_tracking(stack)
 
     # -- phases ----------------------------------------------------------------------------
 
@@ -998,19 +1009,30 @@ class Benchmark:
             "first_call": round(done - executor_ready, 4),
         }
 
+    def _interleaved(
+        self, first: Callable[[], Any], second: Callable[[], Any]
+    ) -> tuple[list[float], list[float]]:
+        """Seconds per call of ``first`` and ``second``, after a warm-up, in alternating
+        blocks (``roundtrip_calls`` each), so that a change of load hits both alike."""
+        settings = self.settings
+        for _ in range(settings.warmup_calls):
+            first()
+            second()
+        first_times: list[float] = []
+        second_times: list[float] = []
+        while len(first_times) < settings.roundtrip_calls:
+            block = min(settings.roundtrip_block, settings.roundtrip_calls - len(first_times))
+            first_times.extend(timed(first) for _ in range(block))
+            second_times.extend(timed(second) for _ in range(block))
+        return first_times, second_times
+
     def measure_roundtrip(self, session: OurSession, raw: RawKernel) -> None:
         """``x=1`` through our path and the floor, interleaved in blocks."""
         settings = self.settings
         progress(f"Round trip of {CALL_CODE!r}: {settings.roundtrip_calls} calls each")
-        for _ in range(settings.warmup_calls):
-            session.run(CALL_CODE)
-            raw.execute(CALL_CODE)
-        ours: list[float] = []
-        floor: list[float] = []
-        while len(ours) < settings.roundtrip_calls:
-            block = min(settings.roundtrip_block, settings.roundtrip_calls - len(ours))
-            ours.extend(timed(lambda: session.run(CALL_CODE)) for _ in range(block))
-            floor.extend(timed(lambda: raw.execute(CALL_CODE)) for _ in range(block))
+        ours, floor = self._interleaved(
+            lambda: session.run(CALL_CODE), lambda: raw.execute(CALL_CODE)
+        )
         ours_ms, floor_ms = milliseconds(ours), milliseconds(floor)
         details = {"ours": summary(ours_ms), "raw": summary(floor_ms)}
         self.add(
@@ -1032,6 +1054,43 @@ class Benchmark:
                 percentile(ours_ms, 0.95),
                 percentile(floor_ms, 0.95),
                 details=details,
+            )
+        )
+
+    def measure_workspace_tracking(self, stack: contextlib.ExitStack) -> None:
+        """``x=1`` in a working folder of 1,000 files, changes tracked against not tracked.
+
+        Two servers, the same but for ``track_workspace_changes``, each with one session
+        whose folder holds 1,000 files; calls alternate between them in blocks.
+        """
+        progress(f"{CALL_CODE!r} in a folder of 1,000 files, change tracking on and off")
+        sessions = []
+        for tracked in (True, False):
+            server = ServerProcess(
+                self.work_dir,
+                self.sweeper,
+                kernel_pool={},
+                extra_args=(f"--AgentSessionManager.track_workspace_changes={tracked}",),
+            )
+            stack.callback(server.stop)
+            session = self.ours.open(server, self.output_dir)
+            stack.callback(session.close)
+            session.run(WORKSPACE_FILES_CODE)
+            sessions.append(session)
+        on, off = sessions
+        tracked_times, untracked_times = self._interleaved(
+            lambda: on.run(CALL_CODE), lambda: off.run(CALL_CODE)
+        )
+        on_ms, off_ms = milliseconds(tracked_times), milliseconds(untracked_times)
+        self.add(
+            Metric(
+                "workspace_tracking",
+                f"{CALL_CODE} with 1,000 files, changes tracked (raw: not tracked)",
+                "ms",
+                statistics.median(on_ms),
+                statistics.median(off_ms),
+                Target("ratio_max", 1.05),
+                {"tracked": summary(on_ms), "untracked": summary(off_ms)},
             )
         )
 

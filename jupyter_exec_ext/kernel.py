@@ -290,6 +290,16 @@ class KernelConnection:
         if outcome.status != "ok":
             self._setup_failed(capture.result(outcome.status, None)["output"])
 
+    def update_env(self, env: dict[str, str]) -> None:
+        """Add ``env`` to the environment the kernel's process gets at its next restart.
+
+        Kernel managers without ``update_env`` (jupyter_client < 8.5) keep theirs; the
+        session's set-up code still sets the variables after each restart.
+        """
+        update = getattr(self._kernel, "update_env", None)
+        if update is not None:
+            update(env=env)
+
     async def interrupt(self) -> None:
         """Interrupt the kernel (SIGINT, or an interrupt request for message-mode kernels)."""
         await ensure_async(self.kernel_manager.interrupt_kernel(self.kernel_id))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import re
 import shutil
 import tempfile
@@ -25,16 +26,25 @@ from traitlets.config import LoggingConfigurable
 
 import kernel_helper
 
+from .changes import WorkspaceChanges
 from .gateway import GatewayKernelConnection, is_gateway_kernel_manager, kernel_spec_from_model
 from .kernel import KernelConnection, KernelDied
 from .pool import KernelPool
 from .session import AgentSession, SessionClosedError, utcnow
 from .store import OutputStore, StoredFile
 from .transcript import Transcript
+from .workspace import UPLOAD_PREFIX, OpenedFile, Upload, Workspace, entry_model
 
 #: Session names become folder names, so they are kept to a safe, portable alphabet.
 SESSION_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
+
+#: Names of environment variables, as POSIX shells accept them.
+ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Variables the interpreter or the dynamic loader read when a process starts: setting them
+#: in a pooled kernel that is already running would not do what they say, so a session with
+#: one of them starts a kernel of its own.
+_START_ONLY_ENV_PREFIXES = ("PYTHON", "LD_", "DYLD_")
 
 #: Tries to start a session's kernel: one more when a kernel dies while starting.
 _KERNEL_START_ATTEMPTS = 2
@@ -173,6 +183,42 @@ class AgentSessionManager(LoggingConfigurable):
         help="Seconds to wait for a new kernel to answer before giving up.",
     )
 
+    max_env_vars = Integer(
+        100,
+        config=True,
+        help="Most environment variables a session may be created with ('env'); more answers "
+        "400. 0 means no limit.",
+    )
+
+    max_env_bytes = Integer(
+        65_536,
+        config=True,
+        help="Most bytes (UTF-8) of a session's environment variables, names and values "
+        "together; more answers 400, naming the variable that went past it. 0 means no limit.",
+    )
+
+    max_upload_bytes = Integer(
+        1 << 30,
+        config=True,
+        help="Most bytes one upload into a session's workspace (PUT) may have; a bigger one "
+        "answers 413 and leaves no file behind. 0 means no limit.",
+    )
+
+    track_workspace_changes = Bool(
+        True,
+        config=True,
+        help="List in each execution result the files the call created, modified or deleted "
+        "in the session's working folder ('workspace_changes'). False leaves the list empty.",
+    )
+
+    max_workspace_entries = Integer(
+        10_000,
+        config=True,
+        help="Most entries of a working folder looked at per call to find what it changed, "
+        "and listed per folder by the workspace API. Past it the call's changes are cut "
+        "(the result says so) and a listing is marked truncated. 0 means no limit.",
+    )
+
     kernel_connection_class = Type(
         klass=KernelConnection,
         config=True,
@@ -244,6 +290,65 @@ class AgentSessionManager(LoggingConfigurable):
             raise web.HTTPError(404, f"File not found in agent session {session_id}: {file_id}")
         return stored
 
+    # -- the workspace -------------------------------------------------------------------
+
+    def _workspace(self, session_id: str) -> Workspace:
+        session = self._check_session(session_id)
+        return Workspace(session.working_dir, session.name)
+
+    def read_workspace(self, session_id: str, path: str) -> dict[str, Any] | OpenedFile:
+        """A folder's listing or an open file of the session's working folder, or a 4xx."""
+        return self._workspace(session_id).read(path, self.max_workspace_entries)
+
+    def start_upload(self, session_id: str, path: str, declared_size: int | None) -> Upload:
+        """Begin an upload into the session's working folder; 413 when it is too large."""
+        workspace = self._workspace(session_id)
+        if self.max_upload_bytes and declared_size is not None:
+            self._check_upload_size(declared_size)
+        return workspace.start_upload(path, self.max_upload_bytes)
+
+    def finish_upload(self, upload: Upload) -> tuple[bool, dict[str, Any]]:
+        """Put a complete upload in place: whether the file is new, and its listing model."""
+        if upload.too_large:
+            upload.discard()
+            self._check_upload_size(upload.size)
+        created = upload.commit()
+        return created, entry_model(upload.relative, upload.target.lstat())
+
+    def _check_upload_size(self, size: int) -> None:
+        if size > self.max_upload_bytes:
+            raise web.HTTPError(
+                413,
+                f"The upload is {size} bytes or more; this server accepts at most "
+                f"{self.max_upload_bytes} bytes per file",
+            )
+
+    def delete_workspace_path(self, session_id: str, path: str) -> None:
+        """Delete a file or folder of the session's working folder."""
+        self._workspace(session_id).delete(path)
+
+    def _track_changes(self, session: AgentSession) -> WorkspaceChanges | None:
+        """The tracker of what the session's calls write, or None when that is off."""
+        if not self.track_workspace_changes:
+            return None
+        transcript = None
+        if session.transcript is not None:
+            transcript = PurePosixPath(session.transcript.path).name
+
+        def ignore(relative: str) -> bool:
+            # The server's own writes: the transcript (and its temporary files), uploads
+            # in progress, Jupyter's checkpoints.
+            name = relative.rsplit("/", 1)[-1]
+            if name.startswith(UPLOAD_PREFIX) or relative.startswith(".ipynb_checkpoints/"):
+                return True
+            return transcript is not None and (
+                relative == transcript or relative.startswith(f".{transcript}.")
+            )
+
+        changes = WorkspaceChanges(session.working_dir, self.max_workspace_entries, ignore)
+        changes.start()
+        return changes
+
     @property
     def working_root(self) -> Path:
         """The folder that holds every session's working folder."""
@@ -292,9 +397,13 @@ class AgentSessionManager(LoggingConfigurable):
         return self._pool.kernel_ids() if self._pool else set()
 
     async def create_session(
-        self, kernel_name: str | None = None, name: str | None = None
+        self,
+        kernel_name: str | None = None,
+        name: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Start a session with a kernel of its own and return its model."""
+        """Start a session with a kernel of its own (``env`` added to its environment) and
+        return its model."""
         if (
             self.max_sessions
             and len(self._sessions) + len(self._reserved_names) >= self.max_sessions
@@ -307,6 +416,8 @@ class AgentSessionManager(LoggingConfigurable):
         session_id = str(uuid.uuid4())
         name = name if name is not None else f"session-{session_id[:8]}"
         self._check_name(name)
+        env = dict(env or {})
+        self._check_env(env)
         kernel_name = kernel_name or self.kernel_manager.default_kernel_name
         spec = await self._kernel_spec(kernel_name)
         working_dir = self.working_root / name
@@ -314,7 +425,7 @@ class AgentSessionManager(LoggingConfigurable):
         try:
             working_dir.mkdir(parents=True, exist_ok=True)
             connection = await self._start_kernel(
-                kernel_name, working_dir, python=_runs_python(spec)
+                kernel_name, working_dir, python=_runs_python(spec), env=env
             )
             store = self._new_store(session_id)
             session = AgentSession(
@@ -327,11 +438,13 @@ class AgentSessionManager(LoggingConfigurable):
                 memory_limit=self.kernel_memory_limit,
                 interrupt_grace=self.interrupt_grace,
                 log=self.log,
+                env=env,
             )
             try:
                 session.transcript = await self._start_transcript(
                     session, working_dir, kernel_name, spec, store
                 )
+                session.changes = self._track_changes(session)
             except BaseException:
                 await session.close()
                 raise
@@ -416,6 +529,35 @@ class AgentSessionManager(LoggingConfigurable):
         if name in self._reserved_names or any(s.name == name for s in self._sessions.values()):
             raise web.HTTPError(409, f"An agent session named {name!r} already exists")
 
+    def _check_env(self, env: dict[str, str]) -> None:
+        """A 400 naming the first variable that is invalid or goes past a limit."""
+        if self.max_env_vars and len(env) > self.max_env_vars:
+            raise web.HTTPError(
+                400,
+                f"env has {len(env)} variables; this server accepts at most {self.max_env_vars}",
+            )
+        total = 0
+        for variable, value in env.items():
+            if not isinstance(variable, str) or not ENV_NAME_PATTERN.match(variable):
+                raise web.HTTPError(
+                    400,
+                    f"Invalid environment variable name {variable!r}: use letters, digits and "
+                    "'_', not starting with a digit",
+                )
+            if not isinstance(value, str):
+                raise web.HTTPError(
+                    400, f"env.{variable}: the value must be a string, not {type(value).__name__}"
+                )
+            if "\x00" in value:
+                raise web.HTTPError(400, f"env.{variable}: the value contains a NUL character")
+            total += len(variable.encode()) + len(value.encode("utf-8", "surrogatepass"))
+            if self.max_env_bytes and total > self.max_env_bytes:
+                raise web.HTTPError(
+                    400,
+                    f"env.{variable}: the environment goes past this server's limit of "
+                    f"{self.max_env_bytes} bytes (names and values together)",
+                )
+
     async def _kernel_spec(self, kernel_name: str) -> Any:
         """The kernel spec of that name, or a 400 that lists the kernels there are."""
         try:
@@ -432,17 +574,20 @@ class AgentSessionManager(LoggingConfigurable):
         return kernel_spec_from_model(spec) if isinstance(spec, dict) else spec
 
     async def _start_kernel(
-        self, kernel_name: str, working_dir: Path, *, python: bool
+        self, kernel_name: str, working_dir: Path, *, python: bool, env: dict[str, str]
     ) -> KernelConnection:
         """A kernel for a new session, with the kernel helper loaded for ``working_dir`` when
         it runs Python: from the pool when one is ready, else a new one.
 
-        A new kernel loads the helper while it starts. A pooled one has it loaded already, and
-        only applies the session's folder and memory limit.
+        A new kernel loads the helper while it starts, and has ``env`` in its environment from
+        its first instruction. A pooled one has the helper loaded already, and only applies
+        the session's folder, memory limit and ``env`` (before the session's first call).
+        ``env`` also goes into the set-up code run after every restart: a gateway passes only
+        some variables (``KERNEL_*``) to the kernels it starts.
         """
-        setup_code = self._helper_code(working_dir) if python else None
-        if self._pool is not None:
-            connection = await self._take_pooled_kernel(kernel_name, working_dir, setup_code)
+        setup_code = self._helper_code(working_dir, env) if python else None
+        if self._pool is not None and self._may_pool(env, python=python):
+            connection = await self._take_pooled_kernel(kernel_name, working_dir, env, setup_code)
             if connection is not None:
                 return connection
         attempts_left = _KERNEL_START_ATTEMPTS
@@ -456,6 +601,9 @@ class AgentSessionManager(LoggingConfigurable):
                     timeout=self.kernel_start_timeout,
                     setup_code=setup_code,
                     **self._kernel_path_kwargs(working_dir),
+                    # The server's environment and the session's on top, as a kernel of the
+                    # server gets it; restarts keep it (jupyter_client reuses the arguments).
+                    **({"env": {**os.environ, **env}} if env else {}),
                 )
             except (KernelDied, TimeoutError) as e:
                 # Jupyter picks a kernel's ports before the kernel binds them, so kernels
@@ -467,17 +615,37 @@ class AgentSessionManager(LoggingConfigurable):
                     ) from e
                 self.log.warning("%s; starting another %s kernel", e, kernel_name)
 
+    @staticmethod
+    def _may_pool(env: dict[str, str], *, python: bool) -> bool:
+        """Whether a pooled kernel can serve a session with ``env`` exactly.
+
+        A running Python kernel takes new variables into ``os.environ`` (and so into every
+        process it starts); variables read only when a process starts, and kernels that
+        cannot run our set-up code, need a kernel started with them.
+        """
+        if not env:
+            return True
+        return python and not any(name.startswith(_START_ONLY_ENV_PREFIXES) for name in env)
+
     async def _take_pooled_kernel(
-        self, kernel_name: str, working_dir: Path, setup_code: str | None
+        self,
+        kernel_name: str,
+        working_dir: Path,
+        env: dict[str, str],
+        setup_code: str | None,
     ) -> KernelConnection | None:
-        """A kernel from the pool set up for ``working_dir``, or None when none is ready."""
+        """A kernel from the pool set up for ``working_dir`` and ``env``, or None when none
+        is ready."""
         assert self._pool is not None
         try:
             connection = await self._pool.take(kernel_name)
+            if connection is not None and env:
+                # Restarts start the process with the session's variables too.
+                connection.update_env(env)
             if connection is not None and setup_code is not None:
                 try:
                     await connection.set_up(
-                        setup_code, run_now=self._helper_code(working_dir, embed=False)
+                        setup_code, run_now=self._helper_code(working_dir, env, embed=False)
                     )
                 except BaseException:
                     await connection.discard()
@@ -497,13 +665,23 @@ class AgentSessionManager(LoggingConfigurable):
             self.log,
             timeout=self.kernel_start_timeout,
             setup_code=kernel_helper.setup_code() if python else None,
+            # Given explicitly (the same as the default) so that a session taking the kernel
+            # can add its variables for the kernel's restarts (KernelManager.update_env).
+            env=dict(os.environ),
         )
 
-    def _helper_code(self, working_dir: Path, *, embed: bool = True) -> str:
-        """The kernel helper's set-up code for a session working in ``working_dir``."""
-        return kernel_helper.setup_code(
+    def _helper_code(
+        self, working_dir: Path, env: dict[str, str], *, embed: bool = True
+    ) -> str:
+        """The kernel helper's set-up code for a session working in ``working_dir``, then
+        ``env`` put into the kernel's ``os.environ``."""
+        code = kernel_helper.setup_code(
             str(working_dir), memory_limit=self.kernel_memory_limit or None, embed=embed
         )
+        if env:
+            # A dict of str is its own Python literal.
+            code += f"\n__import__('os').environ.update({env!r})\n"
+        return code
 
     def _kernel_path_kwargs(self, working_dir: Path) -> dict[str, Any]:
         """Start the kernel in its working folder when that lies under the server's root."""

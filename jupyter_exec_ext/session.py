@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .capture import OutputCapture
+from .changes import WorkspaceChanges
 from .kernel import KernelConnection, KernelDied, Outcome
 from .store import OutputStore
 from .transcript import Transcript
@@ -49,8 +50,14 @@ class AgentSession:
         log: logging.Logger,
         transcript: Transcript | None = None,
         memory_limit: int = 0,
+        env: dict[str, str] | None = None,
+        changes: WorkspaceChanges | None = None,
     ) -> None:
-        """Wrap a started kernel ``connection`` that has the kernel helper loaded."""
+        """Wrap a started kernel ``connection`` that has the kernel helper loaded.
+
+        ``env`` is what the session's kernel was given (only its names are ever shown);
+        ``changes`` tracks what calls write in ``working_dir`` (None: not tracked).
+        """
         self.id = session_id
         self.name = name
         self.kernel_name = kernel_name
@@ -61,6 +68,8 @@ class AgentSession:
         self.log = log
         self.transcript = transcript
         self.memory_limit = memory_limit
+        self.env = dict(env or {})
+        self.changes = changes
         self.created = self.last_activity = utcnow()
         self.execution_count = 0
         self.status = "idle"
@@ -84,6 +93,8 @@ class AgentSession:
             "last_activity": isoformat(self.last_activity),
             "execution_count": self.execution_count,
             "transcript_path": self.transcript.path if self.transcript else None,
+            # Names only: values are secrets (API keys) as often as not.
+            "env_keys": sorted(self.env),
         }
 
     async def execute(self, code: str, timeout: float, max_chars: int) -> dict[str, Any]:
@@ -94,6 +105,8 @@ class AgentSession:
             self.status = "busy"
             self.last_activity = utcnow()
             capture = OutputCapture(self.store, max_chars)
+            if self.changes is not None:
+                self.changes.begin_call()
             try:
                 outcome = await self._execute(code, timeout, capture)
             except asyncio.CancelledError:
@@ -107,10 +120,24 @@ class AgentSession:
                     self.status = "idle"
             if outcome.execution_count is not None:
                 self.execution_count = outcome.execution_count
+            workspace_changes = self._workspace_changes(capture)
             result = capture.result(outcome.status, outcome.execution_count)
+            result["workspace_changes"] = workspace_changes
             if self.transcript is not None:
                 self.transcript.append(code, result)
             return result
+
+    def _workspace_changes(self, capture: OutputCapture) -> list[dict[str, Any]]:
+        """The files the call created, modified or deleted; a note when the list is cut."""
+        if self.changes is None:
+            return []
+        changes = self.changes.end_call()
+        if self.changes.truncated:
+            capture.add_note(
+                f"The working folder has more than {self.changes.max_entries} entries to look "
+                "at: workspace_changes lists only some of what this call changed."
+            )
+        return changes
 
     async def _execute(self, code: str, timeout: float, capture: OutputCapture) -> Outcome:
         if self.connection.unresponsive:
@@ -220,4 +247,6 @@ class AgentSession:
                 # The transcript reads images from the store: finish it first.
                 await self.transcript.flush()
             self.store.remove_all()
+            if self.changes is not None:
+                self.changes.close()
             self.status = "dead"

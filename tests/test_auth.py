@@ -72,6 +72,7 @@ def fill(pattern: str, values: dict[str, str]) -> str:
 async def fetch(url: str, method: str, headers: dict[str, str]) -> int:
     body = None
     if method in ("POST", "PUT", "PATCH"):
+        # An upload's body is the file; other bodies are JSON.
         body = '{"code": "1"}' if url.endswith("/execute") else "{}"
     request = HTTPRequest(
         url, method=method, headers=headers, body=body, allow_nonstandard_methods=True,
@@ -87,16 +88,23 @@ async def fetch(url: str, method: str, headers: dict[str, str]) -> int:
 async def make_targets(api: Api, jp_serverapp: Any, jp_http_port: int) -> Any:
     """The routes filled with a real session and file, and the server's base URL."""
     session = await api.create()
-    result = await api.execute(session["id"], "from IPython.display import HTML\nHTML('x')")
-    values = {"session_id": session["id"], "file_id": result["files"][0]["id"]}
+    result = await api.execute(
+        session["id"],
+        "from IPython.display import HTML\n_ = open('hello.txt', 'w').write('hi')\nHTML('x')",
+    )
+    values = {
+        "session_id": session["id"],
+        "file_id": result["files"][0]["id"],
+        "path": "hello.txt",
+    }
     routes = [(method, fill(p, values)) for method, p in extension_routes(jp_serverapp.web_app)]
     return routes, f"http://127.0.0.1:{jp_http_port}"
 
 
 def test_every_route_is_in_the_matrix(jp_serverapp: Any) -> None:
     routes = extension_routes(jp_serverapp.web_app)
-    assert len(routes) == 8
-    assert {method for method, _ in routes} == {"GET", "POST", "DELETE"}
+    assert len(routes) == 12
+    assert {method for method, _ in routes} == {"GET", "POST", "PUT", "DELETE"}
 
 
 @pytest.mark.parametrize(
@@ -115,8 +123,13 @@ async def test_the_right_token_opens_every_route(
 ) -> None:
     routes, base = await make_targets(api, jp_serverapp, jp_http_port)
     token = jp_serverapp.identity_provider.token
-    # Deleting last, so the other routes still find the session.
-    for method, path in sorted(routes, key=lambda route: route[0] == "DELETE"):
+    # Deleting last, and the session (the shortest path) at the very end, so the other
+    # routes still find the session and its file.
+    def deletes_last(route: tuple[str, str]) -> tuple[bool, int]:
+        method, path = route
+        return method == "DELETE", -len(path) if method == "DELETE" else 0
+
+    for method, path in sorted(routes, key=deletes_last):
         status = await fetch(base + path, method, {"Authorization": f"token {token}"})
         assert status in (200, 201, 204), (method, path, status)
 

@@ -27,7 +27,7 @@ from jupyter_exec_ext.spec import load_spec
 
 from .conftest import free_port
 
-#: Generated requests per operation: 8 operations x 260 is over 2,000 requests in all.
+#: Generated requests per operation: 12 operations x 260 is over 3,000 requests in all.
 EXAMPLES_PER_OPERATION = int(os.environ.get("FUZZ_EXAMPLES", "260"))
 TOKEN = "fuzz-token"
 

@@ -30,6 +30,9 @@ from .errors import (
     ServerStartError,
     SessionNotFoundError,
     UnknownKernelError,
+    WorkspaceFileNotFoundError,
+    WorkspacePathError,
+    WorkspaceUnavailableError,
 )
 from .executor import AsyncJupyterCodeExecutor, JupyterCodeExecutor
 from .local_server import LocalJupyterServer
@@ -55,5 +58,8 @@ __all__ = [
     "ServerStartError",
     "SessionNotFoundError",
     "UnknownKernelError",
+    "WorkspaceFileNotFoundError",
+    "WorkspacePathError",
+    "WorkspaceUnavailableError",
     "__version__",
 ]

@@ -66,11 +66,17 @@ class CodeBlock:
 @dataclass
 class IPythonCodeResult:
     """What running code blocks gave (AutoGen's fields): ``exit_code`` 0 when all succeeded,
-    the text ``output``, and the paths of the files saved from rich output."""
+    the text ``output``, and the paths of the files saved from rich output.
+
+    Beyond AutoGen's fields, ``workspace_changes`` lists the files the blocks created,
+    modified or deleted in the session's working folder (``{"path", "size", "change"}``,
+    paths relative to that folder; empty on servers without the agent-session API).
+    """
 
     exit_code: int
     output: str
     output_files: list[str] = field(default_factory=list)
+    workspace_changes: list[dict[str, Any]] = field(default_factory=list)
 
 
 class MarkdownCodeExtractor:

@@ -9,7 +9,13 @@
     │   ├── ExtensionMissingError  404: the server has no agent-session API (and no fallback)
     │   ├── SessionNotFoundError   404: the agent session (or, on a plain server, the kernel)
     │   │                          is gone
-    │   └── UnknownKernelError     (also ValueError) no kernel of that name
+    │   ├── UnknownKernelError     (also ValueError) no kernel of that name
+    │   ├── WorkspacePathError     (also ValueError) the server refused a workspace path
+    │   │                          ('..', outside the folder, a folder where a file must be)
+    │   └── WorkspaceFileNotFoundError  (also FileNotFoundError) no such file or folder in
+    │                              the session's workspace
+    ├── WorkspaceUnavailableError  the server has no way to move files (Kernel Gateway
+    │                              without the extension has no Contents API)
     ├── ExecutorClosedError        (also RuntimeError) the executor was stopped
     └── ServerStartError           (also RuntimeError) a Local/DockerJupyterServer failed to start
 
@@ -18,7 +24,8 @@ websocket; without the ``websocket-client`` package that raises :class:`ImportEr
 ``pip install "jupyter-exec-client[websocket]"``.
 
 Arguments that are wrong before anything is sent (a missing ``output_dir``, a timeout below
-1 second) raise a plain :class:`ValueError`, as AutoGen's executor does.
+1 second) raise a plain :class:`ValueError`, as AutoGen's executor does; a local file that
+is not there to upload raises :class:`FileNotFoundError`, as ``open`` does.
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ __all__ = [
     "ServerStartError",
     "SessionNotFoundError",
     "UnknownKernelError",
+    "WorkspaceFileNotFoundError",
+    "WorkspacePathError",
+    "WorkspaceUnavailableError",
 ]
 
 #: Added to a TLS failure: what to do about a server with a private or self-signed certificate.
@@ -144,6 +154,20 @@ class UnknownKernelError(APIError, ValueError):
         super().__init__(400, message, method=method, url=url, explanation=message)
         self.kernel_name = kernel_name
         self.available_kernels = available_kernels
+
+
+class WorkspacePathError(APIError, ValueError):
+    """The server refused a path of the session's workspace (HTTP 400 or 409): ``..``, an
+    absolute path, a symlink out of the folder, a file where a folder is, or the reverse."""
+
+
+class WorkspaceFileNotFoundError(APIError, FileNotFoundError):
+    """No file or folder at that path of the session's workspace (HTTP 404)."""
+
+
+class WorkspaceUnavailableError(JupyterExecError):
+    """The server cannot move files in and out: it has neither the agent-session API nor a
+    Contents API (Jupyter Kernel Gateway, for one)."""
 
 
 class ExecutorClosedError(JupyterExecError, RuntimeError):
