@@ -543,7 +543,9 @@ class SandboxProvisioner(LocalProvisioner):
                 raise SandboxError(f"the read-only path {path} overlaps {SANDBOX_HOME}")
             args += ["--ro-bind", path, path]
         # Jupyter's configuration of every environment shown, whatever jupyter_core says now.
-        config = [os.path.join(p, "etc", "jupyter") for p in ["/", "/usr", "/usr/local", *read_only]]
+        config = [
+            os.path.join(p, "etc", "jupyter") for p in ["/", "/usr", "/usr/local", *read_only]
+        ]
         hidden = [*_jupyter_paths(), *config, *options.hidden_paths]
         args += self._masks(["/usr", "/etc", *read_only], hidden)
         args += [

@@ -118,7 +118,9 @@ print(json.dumps(found))
 """
 
 
-@pytest.mark.parametrize("agent_config", [SANDBOXED, {"sandbox": "none"}], ids=["bubblewrap", "none"])
+@pytest.mark.parametrize(
+    "agent_config", [SANDBOXED, {"sandbox": "none"}], ids=["bubblewrap", "none"]
+)
 async def test_probes_find_every_leak_without_the_sandbox_and_none_with_it(
     api: Api,
     agent_config: dict[str, Any],
@@ -213,13 +215,14 @@ async def test_a_sandboxed_session_works_like_any_other(
     code = (
         "import os, tempfile\nopen('/tmp/t', 'w').write('t')\n"
         "open(os.path.expanduser('~/h'), 'w').write('h')\n"
-        "print(sorted(os.environ.get(n, '-') for n in ('HOME', 'JPY_PARENT_PID', 'JX_TEST_API_KEY')))"
+        "names = ('HOME', 'JPY_PARENT_PID', 'JX_TEST_API_KEY')\n"
+        "print(sorted(os.environ.get(name, '-') for name in names))"
     )
     assert (await api.execute(session["id"], code))["output"] == "['-', '-', '/home/agent']\n"
     # The transcript is written on the host as usual.
     await api.request("DELETE", session["id"])
     notebook = nbformat.read(folder / "transcript.ipynb", as_version=4)
-    assert [cell.source for cell in notebook.cells][0].startswith("import os\nopen('made")
+    assert notebook.cells[0].source.startswith("import os\nopen('made")
 
 
 @pytest.mark.parametrize("agent_config", [SANDBOXED])
@@ -331,7 +334,8 @@ async def test_shutdown_leaves_no_process_folder_or_cgroup(api: Api, jp_serverap
     processes = kernel_processes(jp_serverapp.kernel_manager.get_kernel(session["kernel_id"]))
     assert len(processes) >= 4  # bwrap, its init in the sandbox, the kernel, sleep
     kernel_dir, cgroups = provisioner.kernel_dir, provisioner.cgroup.folders
-    assert kernel_dir.is_dir() and all(folder.is_dir() for folder in cgroups)
+    assert kernel_dir.is_dir()
+    assert all(folder.is_dir() for folder in cgroups)
     assert (await api.request("DELETE", session["id"])).status == 204
     _, alive = psutil.wait_procs(processes, timeout=10)
     assert alive == []
@@ -379,7 +383,8 @@ async def test_without_bubblewrap_creation_fails_closed(
     before = set(jp_serverapp.kernel_manager.list_kernel_ids())
     reply = await api.request("POST", body={})
     assert reply.status == 500
-    assert "bwrap" in reply.json["message"] and "not started" in reply.json["message"]
+    assert "bwrap" in reply.json["message"]
+    assert "not started" in reply.json["message"]
     assert set(jp_serverapp.kernel_manager.list_kernel_ids()) == before
     assert psutil.Process().children(recursive=True) == []
     assert (await api.request("GET")).json == []
