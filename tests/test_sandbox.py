@@ -14,6 +14,8 @@ import os
 import secrets
 import shutil
 import socket
+import subprocess
+import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,12 @@ import nbformat
 import psutil
 import pytest
 
+from jupyter_exec_client import (
+    AsyncJupyterCodeExecutor,
+    CodeBlock,
+    JupyterCodeExecutor,
+    LocalJupyterServer,
+)
 from jupyter_exec_ext.sandbox import SANDBOX_WORKING_DIR
 
 from .conftest import Api
@@ -33,6 +41,7 @@ pytestmark = [
 ]
 
 SANDBOXED = {"sandbox": "bubblewrap"}
+JUPYTER_EXEC = Path(sys.executable).with_name("jupyter-exec")
 
 
 @pytest.fixture
@@ -406,3 +415,67 @@ async def test_refused_namespaces_fail_closed_with_bubblewraps_message(
     assert reply.status == 500
     assert "No permissions to create a new namespace" in reply.json["message"]
     assert jp_serverapp.kernel_manager.list_kernel_ids() == []
+
+
+# -- the client: LocalJupyterServer(sandbox=...) and jupyter-exec run --sandbox ---------------
+
+
+def test_local_server_with_the_sandbox_runs_both_executors_sandboxed(
+    tmp_path: Path, server_secret: str
+) -> None:
+    with LocalJupyterServer(
+        root_dir=tmp_path, log_file=tmp_path / "server.log", sandbox="bubblewrap"
+    ) as server:
+        server_process = psutil.Process(server.pid)
+        with JupyterCodeExecutor(server, timeout=2, output_dir=tmp_path) as executor:
+            check = CodeBlock(
+                language="python",
+                code="import os\nkept = 1\n"
+                "print(os.getcwd(), os.environ.get('JX_TEST_API_KEY'), "
+                f"os.path.exists('/proc/{server.pid}'))",
+            )
+            result = executor.execute_code_blocks([check])
+            assert result.output.strip() == f"{SANDBOX_WORKING_DIR} None False"
+            slow = CodeBlock(language="python", code="import time\ntime.sleep(30)")
+            assert executor.execute_code_blocks([slow]).exit_code == 1  # interrupted
+            again = executor.execute_code_blocks([CodeBlock(language="python", code="kept")])
+            assert again.output.strip() == "1"
+            plot = "import matplotlib.pyplot as plt\nplt.plot([1, 2]); plt.show()"
+            shown = executor.execute_code_blocks([CodeBlock(language="python", code=plot)])
+            assert [Path(f).suffix for f in shown.output_files] == [".png"]
+
+        async def run_async() -> str:
+            async with AsyncJupyterCodeExecutor(server, output_dir=tmp_path) as executor:
+                code = "import os\nprint(os.getcwd())"
+                block = CodeBlock(language="python", code=code)
+                return (await executor.execute_code_blocks([block], None)).output
+
+        assert asyncio.run(run_async()).strip() == SANDBOX_WORKING_DIR
+        # The pool's kernel, sandboxed as well; stopping the server ends it.
+        sandboxes = [p for p in server_process.children(recursive=True) if p.name() == "bwrap"]
+        assert sandboxes
+    _, alive = psutil.wait_procs(sandboxes, timeout=10)
+    assert alive == []
+
+
+def test_jupyter_exec_run_takes_the_sandbox_option(tmp_path: Path) -> None:
+    script = "import os\nprint(os.getcwd(), os.path.exists(os.path.expanduser('~/.jupyter')))"
+    done = subprocess.run(
+        [str(JUPYTER_EXEC), "run", "--sandbox", "bubblewrap", "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{SANDBOX_WORKING_DIR} False"
+    refused = subprocess.run(
+        [str(JUPYTER_EXEC), "run", "--sandbox", "none", "--url", "http://127.0.0.1:9/", "-c", "1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert "--sandbox is for the local server" in refused.stderr
