@@ -24,13 +24,13 @@ from typing import Any
 import nbformat
 import psutil
 import pytest
-
 from jupyter_exec_client import (
     AsyncJupyterCodeExecutor,
     CodeBlock,
     JupyterCodeExecutor,
     LocalJupyterServer,
 )
+
 from jupyter_exec_ext.sandbox import SANDBOX_WORKING_DIR
 
 from .conftest import Api
