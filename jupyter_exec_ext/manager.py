@@ -161,7 +161,8 @@ class AgentSessionManager(LoggingConfigurable):
         config=True,
         help="Bytes of data memory each session's (Python) kernel may use. Code that goes "
         "past it gets a 'memory limit' result and the session a fresh kernel; the server and "
-        "other sessions are unaffected. 0 means no limit.",
+        "other sessions are unaffected. A sandboxed kernel is also held to it with all its "
+        "processes and its /tmp (a cgroup limit). 0 means no limit.",
     )
 
     cull_idle_timeout = Float(
