@@ -960,15 +960,9 @@ class Benchmark:
         """``x=1`` through our path and the floor, interleaved in blocks."""
         settings = self.settings
         progress(f"Round trip of {CALL_CODE!r}: {settings.roundtrip_calls} calls each")
-        for _ in range(settings.warmup_calls):
-            session.run(CALL_CODE)
-            raw.execute(CALL_CODE)
-        ours: list[float] = []
-        floor: list[float] = []
-        while len(ours) < settings.roundtrip_calls:
-            block = min(settings.roundtrip_block, settings.roundtrip_calls - len(ours))
-            ours.extend(timed(lambda: session.run(CALL_CODE)) for _ in range(block))
-            floor.extend(timed(lambda: raw.execute(CALL_CODE)) for _ in range(block))
+        ours, floor = self.interleaved(
+            lambda: session.run(CALL_CODE), lambda: raw.execute(CALL_CODE)
+        )
         ours_ms, floor_ms = milliseconds(ours), milliseconds(floor)
         details = {"ours": summary(ours_ms), "raw": summary(floor_ms)}
         self.add(
@@ -992,6 +986,22 @@ class Benchmark:
                 details=details,
             )
         )
+
+    def interleaved(
+        self, ours: Callable[[], Any], floor: Callable[[], Any]
+    ) -> tuple[list[float], list[float]]:
+        """Warm both sides up, then time ``roundtrip_calls`` calls each, in alternating blocks."""
+        settings = self.settings
+        for _ in range(settings.warmup_calls):
+            ours()
+            floor()
+        ours_times: list[float] = []
+        floor_times: list[float] = []
+        while len(ours_times) < settings.roundtrip_calls:
+            block = min(settings.roundtrip_block, settings.roundtrip_calls - len(ours_times))
+            ours_times.extend(timed(ours) for _ in range(block))
+            floor_times.extend(timed(floor) for _ in range(block))
+        return ours_times, floor_times
 
     def measure_plot(self, session: OurSession, raw: RawKernel) -> None:
         """A 640x480 matplotlib figure as a PNG file on the client's disk."""
@@ -1168,15 +1178,9 @@ class Benchmark:
         stack.callback(boxed_session.close)
         plain_session = self.ours.open(plain, self.output_dir)
         stack.callback(plain_session.close)
-        for _ in range(settings.warmup_calls):
-            boxed_session.run(CALL_CODE)
-            plain_session.run(CALL_CODE)
-        boxed_calls: list[float] = []
-        plain_calls: list[float] = []
-        while len(boxed_calls) < settings.roundtrip_calls:
-            block = min(settings.roundtrip_block, settings.roundtrip_calls - len(boxed_calls))
-            boxed_calls.extend(timed(lambda: boxed_session.run(CALL_CODE)) for _ in range(block))
-            plain_calls.extend(timed(lambda: plain_session.run(CALL_CODE)) for _ in range(block))
+        boxed_calls, plain_calls = self.interleaved(
+            lambda: boxed_session.run(CALL_CODE), lambda: plain_session.run(CALL_CODE)
+        )
         boxed_ms, plain_ms = milliseconds(boxed_calls), milliseconds(plain_calls)
         self.add(
             Metric(

@@ -14,8 +14,6 @@ import os
 import secrets
 import shutil
 import socket
-import subprocess
-import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +32,7 @@ from jupyter_exec_client import (
 from jupyter_exec_ext.sandbox import SANDBOX_WORKING_DIR
 
 from .conftest import Api
+from .test_client_cli import jupyter_exec
 
 pytestmark = [
     pytest.mark.timeout(240),
@@ -41,7 +40,6 @@ pytestmark = [
 ]
 
 SANDBOXED = {"sandbox": "bubblewrap"}
-JUPYTER_EXEC = Path(sys.executable).with_name("jupyter-exec")
 
 
 @pytest.fixture
@@ -460,22 +458,9 @@ def test_local_server_with_the_sandbox_runs_both_executors_sandboxed(
 
 def test_jupyter_exec_run_takes_the_sandbox_option(tmp_path: Path) -> None:
     script = "import os\nprint(os.getcwd(), os.path.exists(os.path.expanduser('~/.jupyter')))"
-    done = subprocess.run(
-        [str(JUPYTER_EXEC), "run", "--sandbox", "bubblewrap", "-c", script],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=110,
-        check=False,
-    )
+    done = jupyter_exec("run", "--sandbox", "bubblewrap", "-c", script, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"{SANDBOX_WORKING_DIR} False"
-    refused = subprocess.run(
-        [str(JUPYTER_EXEC), "run", "--sandbox", "none", "--url", "http://127.0.0.1:9/", "-c", "1"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    refused = jupyter_exec("run", "--sandbox", "none", "--url", "http://127.0.0.1:9/", "-c", "1")
     assert refused.returncode == 2
     assert "--sandbox is for the local server" in refused.stderr
