@@ -233,7 +233,7 @@ async def test_a_sandboxed_session_works_like_any_other(
 
 
 @pytest.mark.parametrize("agent_config", [SANDBOXED])
-async def test_interrupts_and_timeouts_keep_state_and_restarts_stay_sandboxed(
+async def test_interrupts_timeouts_restarts_and_deaths_work_as_without_the_sandbox(
     api: Api, jp_root_dir: Path
 ) -> None:
     session = await api.create(name="steady")
@@ -256,6 +256,15 @@ async def test_interrupts_and_timeouts_keep_state_and_restarts_stay_sandboxed(
     assert after["output"] == f"False {SANDBOX_WORKING_DIR} False\n"
     await api.execute(session["id"], "open('after-restart.txt', 'w').write('x')")
     assert (jp_root_dir / "agent-sessions" / "steady" / "after-restart.txt").exists()
+
+    died = await api.execute(session["id"], "print('going', flush=True)\nimport os\nos._exit(3)")
+    assert died["status"] == "dead"
+    assert died["output"].startswith("going\n")
+    exited = await api.execute(session["id"], "exit()")
+    assert "the session's state (variables, imports) is lost" in exited["output"]
+    assert (await api.execute(session["id"], "import os\nos.getcwd()"))["output"] == (
+        repr(SANDBOX_WORKING_DIR) + "\n"
+    )
 
 
 def kernel_processes(kernel: Any) -> list[psutil.Process]:
