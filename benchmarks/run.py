@@ -933,6 +933,7 @@ class Benchmark:
         self.measure_many_sessions(cold_server, stack)
         cold_server.stop()
         self.measure_workspace_tracking(stack)
+        self.measure_sandbox(stack)
 
     # -- phases ----------------------------------------------------------------------------
 
@@ -1258,6 +1259,75 @@ class Benchmark:
             )
         )
 
+    def measure_sandbox(self, stack: contextlib.ExitStack) -> None:
+        """Sandboxed sessions against unsandboxed ones: cold creation, and ``x=1``."""
+        if shutil.which("bwrap") is None:
+            progress("Sandbox lines skipped: bubblewrap (bwrap) is not installed")
+            return
+        progress("Starting two servers without a kernel pool: sandboxed and not")
+        plain = ServerProcess(self.work_dir, self.sweeper, kernel_pool={})
+        stack.callback(plain.stop)
+        boxed = ServerProcess(
+            self.work_dir,
+            self.sweeper,
+            kernel_pool={},
+            extra_args=("--AgentSessionManager.sandbox=bubblewrap",),
+        )
+        stack.callback(boxed.stop)
+        if self.ours.description.startswith("REST"):
+            self.ours.check(plain, self.output_dir)
+        count = self.settings.cold_creations
+        progress(f"Cold sessions, sandboxed vs not: {count} each, alternating")
+        samples: dict[str, list[float]] = {"boxed": [], "plain": []}
+        for _ in range(count):
+            for side, server in (("boxed", boxed), ("plain", plain)):
+                session_id = ""
+
+                def create(server: ServerProcess = server) -> None:
+                    nonlocal session_id
+                    session_id = server.create_session()
+
+                samples[side].append(timed(create))
+                server.delete_session(session_id)
+                time.sleep(0.3)
+        boxed_ms, plain_ms = milliseconds(samples["boxed"]), milliseconds(samples["plain"])
+        self.add(
+            Metric(
+                "sandbox_session_cold",
+                "sandboxed cold session vs unsandboxed",
+                "ms",
+                statistics.median(boxed_ms),
+                statistics.median(plain_ms),
+                Target("ratio_max", 1.1),
+                {"ours": summary(boxed_ms), "raw": summary(plain_ms)},
+            )
+        )
+        settings = self.settings
+        progress(f"{CALL_CODE!r} sandboxed vs not: {settings.roundtrip_calls} calls each")
+        boxed_session = self.ours.open(boxed, self.output_dir)
+        stack.callback(boxed_session.close)
+        plain_session = self.ours.open(plain, self.output_dir)
+        stack.callback(plain_session.close)
+        boxed_calls, plain_calls = self._interleaved(
+            lambda: boxed_session.run(CALL_CODE), lambda: plain_session.run(CALL_CODE)
+        )
+        boxed_ms, plain_ms = milliseconds(boxed_calls), milliseconds(plain_calls)
+        self.add(
+            Metric(
+                "sandbox_roundtrip_median",
+                f"{CALL_CODE} sandboxed vs unsandboxed, median",
+                "ms",
+                statistics.median(boxed_ms),
+                statistics.median(plain_ms),
+                Target("ratio_max", 1.05),
+                {"ours": summary(boxed_ms), "raw": summary(plain_ms)},
+            )
+        )
+        boxed_session.close()
+        plain_session.close()
+        boxed.stop()
+        plain.stop()
+
     def measure_many_sessions(self, server: ServerProcess, stack: contextlib.ExitStack) -> None:
         """Memory per session, idle CPU, CPU of one sleeping call, concurrent throughput."""
         settings = self.settings
@@ -1400,6 +1470,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--strict", action="store_true", help="exit with status 1 when a target is missed"
     )
+    parser.add_argument(
+        "--sandbox-only",
+        action="store_true",
+        help="only the sandbox lines: sandboxed sessions against unsandboxed ones",
+    )
     return parser.parse_args(argv)
 
 
@@ -1422,7 +1497,10 @@ def main(argv: list[str] | None = None) -> int:
     benchmark = Benchmark(settings, work_dir, sweeper)
     try:
         with contextlib.ExitStack() as stack:
-            benchmark.run(stack)
+            if arguments.sandbox_only:
+                benchmark.measure_sandbox(stack)
+            else:
+                benchmark.run(stack)
     finally:
         leftovers = sweeper.sweep()
         if leftovers:

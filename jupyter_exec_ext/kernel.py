@@ -304,6 +304,19 @@ class KernelConnection:
         """Interrupt the kernel (SIGINT, or an interrupt request for message-mode kernels)."""
         await ensure_async(self.kernel_manager.interrupt_kernel(self.kernel_id))
 
+    @property
+    def provisioner(self) -> Any:
+        """The provisioner of the kernel, None where there is none (a gateway's kernels)."""
+        try:
+            return getattr(self._kernel, "provisioner", None)
+        except KeyError:  # the kernel manager forgot the kernel: it was shut down
+            return None
+
+    def memory_limit_hit(self) -> bool:
+        """Whether the kernel's sandbox killed a process of it for its memory limit."""
+        check = getattr(self.provisioner, "memory_limit_hit", None)
+        return bool(check()) if callable(check) else False
+
     async def _alive_while_waiting(self) -> bool:
         """Whether the kernel is alive, asked while a call waits and no message comes.
 

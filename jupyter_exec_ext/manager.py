@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from jupyter_client.provisioning.factory import KernelProvisionerFactory
 from jupyter_core.utils import ensure_async
 from jupyter_server.services.contents.filemanager import (
     AsyncFileContentsManager,
@@ -21,7 +22,7 @@ from jupyter_server.services.contents.filemanager import (
 from jupyter_server.utils import url_path_join
 from tornado import web
 from tornado.ioloop import PeriodicCallback
-from traitlets import Bool, Dict, Float, Integer, Type, Unicode, default
+from traitlets import Bool, Dict, Enum, Float, Integer, List, Type, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 import kernel_helper
@@ -30,6 +31,14 @@ from .changes import WorkspaceChanges
 from .gateway import GatewayKernelConnection, is_gateway_kernel_manager, kernel_spec_from_model
 from .kernel import KernelConnection, KernelDied
 from .pool import KernelPool
+from .sandbox import (
+    LAUNCH_ARGUMENT,
+    PROVISIONER_NAME,
+    SANDBOX_WORKING_DIR,
+    SandboxError,
+    SandboxOptions,
+    check_bubblewrap,
+)
 from .session import AgentSession, SessionClosedError, utcnow
 from .store import OutputStore, StoredFile
 from .transcript import Transcript
@@ -161,7 +170,8 @@ class AgentSessionManager(LoggingConfigurable):
         config=True,
         help="Bytes of data memory each session's (Python) kernel may use. Code that goes "
         "past it gets a 'memory limit' result and the session a fresh kernel; the server and "
-        "other sessions are unaffected. 0 means no limit.",
+        "other sessions are unaffected. A sandboxed kernel is also held to it with all its "
+        "processes and its /tmp (a cgroup limit). 0 means no limit.",
     )
 
     cull_idle_timeout = Float(
@@ -219,6 +229,50 @@ class AgentSessionManager(LoggingConfigurable):
         "(the result says so) and a listing is marked truncated. 0 means no limit.",
     )
 
+    sandbox = Enum(
+        ["none", "bubblewrap"],
+        default_value="none",
+        config=True,
+        help="How session kernels are isolated. 'none': they run as the server's user and see "
+        "what it sees (its files, environment, network). 'bubblewrap': each runs in a "
+        "bubblewrap sandbox that sees only its own working folder (read-write), the system and "
+        "Python read-only, a private /tmp and /proc, no network unless sandbox_network, with "
+        "limits. When the sandbox cannot be made, creating a session fails (500) and no kernel "
+        "runs unsandboxed.",
+    )
+
+    sandbox_network = Bool(
+        False,
+        config=True,
+        help="Let sandboxed kernels use the server's network (loopback included: the server's "
+        "own port). False: a network namespace with only its own loopback.",
+    )
+
+    sandbox_cpu_limit = Float(
+        0.0,
+        min=0.0,
+        config=True,
+        help="CPU cores each sandboxed kernel may use (1.5 = one and a half), with all its "
+        "processes; needs writable cgroups. 0 means no limit.",
+    )
+
+    sandbox_process_limit = Integer(
+        512,
+        min=0,
+        config=True,
+        help="Processes and threads each sandboxed kernel may run at once, itself included "
+        "(a fork bomb stops there). A cgroup limit; where cgroups are not writable, a per-user "
+        "rlimit that does not bind root. 0 means no limit.",
+    )
+
+    sandbox_read_only_paths = List(
+        Unicode(),
+        config=True,
+        help="More host paths sandboxed kernels see read-only, at the same place (data sets, "
+        "another Python environment). The system (/usr, /etc) and the kernel's Python "
+        "environment are always there.",
+    )
+
     kernel_connection_class = Type(
         klass=KernelConnection,
         config=True,
@@ -265,6 +319,11 @@ class AgentSessionManager(LoggingConfigurable):
         self._pool: KernelPool | None = None
         self._culler: PeriodicCallback | None = None
         self._cull_task: asyncio.Future[None] | None = None
+        self._sandbox_checked = False
+        self._sandbox_kernels_dir: Path | None = None
+        # Working folders of pooled sandboxed kernels, one per kernel: a session that takes
+        # the kernel renames its folder to the session's (the sandbox's bind follows it).
+        self._pool_folders: Path | None = None
 
     # -- lookups -------------------------------------------------------------------------
 
@@ -516,6 +575,11 @@ class AgentSessionManager(LoggingConfigurable):
         )
         if self._owns_store_root and self._store_root is not None:
             shutil.rmtree(self._store_root, ignore_errors=True)
+        if self._sandbox_kernels_dir is not None:
+            shutil.rmtree(self._sandbox_kernels_dir, ignore_errors=True)
+        if self._pool_folders is not None:
+            # Pooled sandboxed kernels' folders (empty: no session's code ran in them).
+            shutil.rmtree(self._pool_folders, ignore_errors=True)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -580,16 +644,27 @@ class AgentSessionManager(LoggingConfigurable):
         it runs Python: from the pool when one is ready, else a new one.
 
         A new kernel loads the helper while it starts, and has ``env`` in its environment from
-        its first instruction. A pooled one has the helper loaded already, and only applies
-        the session's folder, memory limit and ``env`` (before the session's first call).
-        ``env`` also goes into the set-up code run after every restart: a gateway passes only
-        some variables (``KERNEL_*``) to the kernels it starts.
+        its first instruction (on top of the server's, or sandboxed, of a short allowlist). A
+        pooled one has the helper loaded already, and only applies the session's folder,
+        memory limit and ``env`` (before the session's first call). ``env`` also goes into the
+        set-up code run after every restart: a gateway passes only some variables
+        (``KERNEL_*``) to the kernels it starts.
         """
         setup_code = self._helper_code(working_dir, env) if python else None
-        if self._pool is not None and self._may_pool(env, python=python):
+        # A sandbox's environment is fixed when it starts: a session with its own starts cold.
+        poolable = self._may_pool(env, python=python) and (self.sandbox == "none" or not env)
+        if self._pool is not None and poolable:
             connection = await self._take_pooled_kernel(kernel_name, working_dir, env, setup_code)
             if connection is not None:
                 return connection
+        launch = self._kernel_path_kwargs(working_dir)
+        try:
+            if self.sandbox != "none":
+                launch[LAUNCH_ARGUMENT] = await self._sandbox_options(kernel_name, working_dir, env)
+            elif env:
+                launch["env"] = {**os.environ, **env}
+        except SandboxError as e:
+            raise self._no_sandbox(e) from e
         attempts_left = _KERNEL_START_ATTEMPTS
         while True:
             attempts_left -= 1
@@ -600,11 +675,10 @@ class AgentSessionManager(LoggingConfigurable):
                     self.log,
                     timeout=self.kernel_start_timeout,
                     setup_code=setup_code,
-                    **self._kernel_path_kwargs(working_dir),
-                    # The server's environment and the session's on top, as a kernel of the
-                    # server gets it; restarts keep it (jupyter_client reuses the arguments).
-                    **({"env": {**os.environ, **env}} if env else {}),
+                    **launch,
                 )
+            except SandboxError as e:
+                raise self._no_sandbox(e) from e
             except (KernelDied, TimeoutError) as e:
                 # Jupyter picks a kernel's ports before the kernel binds them, so kernels
                 # started at the same moment can collide ("Address already in use") and die:
@@ -639,6 +713,9 @@ class AgentSessionManager(LoggingConfigurable):
         assert self._pool is not None
         try:
             connection = await self._pool.take(kernel_name)
+            if connection is not None and not self._move_pooled_folder(connection, working_dir):
+                self._pool.put_back(kernel_name, connection)
+                return None
             if connection is not None and env:
                 # Restarts start the process with the session's variables too.
                 connection.update_env(env)
@@ -659,29 +736,115 @@ class AgentSessionManager(LoggingConfigurable):
     async def _start_pooled_kernel(self, kernel_name: str) -> KernelConnection:
         """Start a kernel for the pool, with the kernel helper already loaded."""
         python = _runs_python(await self._kernel_spec(kernel_name))
+        launch: dict[str, Any] = {}
+        if self.sandbox != "none":
+            # A sandbox's folders are fixed when it starts: this kernel gets a folder of its
+            # own, renamed to its session's folder when a session takes it.
+            if self._pool_folders is None:
+                self.working_root.mkdir(parents=True, exist_ok=True)
+                self._pool_folders = Path(
+                    tempfile.mkdtemp(dir=self.working_root, prefix=".jupyter-exec-pool-")
+                )
+            folder = Path(tempfile.mkdtemp(dir=self._pool_folders))
+            launch[LAUNCH_ARGUMENT] = await self._sandbox_options(kernel_name, folder, None)
+        else:
+            # Given explicitly (the same as the default) so that a session taking the kernel
+            # can add its variables for the kernel's restarts (KernelManager.update_env).
+            launch["env"] = dict(os.environ)
         return await self.kernel_connection_class.start(
             self.kernel_manager,
             kernel_name,
             self.log,
             timeout=self.kernel_start_timeout,
             setup_code=kernel_helper.setup_code() if python else None,
-            # Given explicitly (the same as the default) so that a session taking the kernel
-            # can add its variables for the kernel's restarts (KernelManager.update_env).
-            env=dict(os.environ),
+            **launch,
         )
+
+    def _move_pooled_folder(self, connection: KernelConnection, working_dir: Path) -> bool:
+        """Give a pooled sandboxed kernel the session's folder; False when it cannot have it.
+
+        The sandbox sees the folder it was started with, whatever its name: renaming it to
+        the session's folder (an empty folder is replaced) gives the kernel that folder. A
+        session folder with files in it (a new session of an earlier one's name) cannot be.
+        """
+        options = getattr(connection.provisioner, "options", None)
+        if not isinstance(options, SandboxOptions):
+            return self.sandbox == "none"
+        try:
+            os.rename(options.working_dir, working_dir)
+        except OSError:
+            return False
+        # Restarts bind the folder from here on.
+        options.working_dir = working_dir
+        return True
 
     def _helper_code(
         self, working_dir: Path, env: dict[str, str], *, embed: bool = True
     ) -> str:
         """The kernel helper's set-up code for a session working in ``working_dir``, then
         ``env`` put into the kernel's ``os.environ``."""
+        # A sandboxed kernel sees its working folder at one place, whatever it is on the host.
+        folder = SANDBOX_WORKING_DIR if self.sandbox != "none" else str(working_dir)
         code = kernel_helper.setup_code(
-            str(working_dir), memory_limit=self.kernel_memory_limit or None, embed=embed
+            folder, memory_limit=self.kernel_memory_limit or None, embed=embed
         )
         if env:
             # A dict of str is its own Python literal.
             code += f"\n__import__('os').environ.update({env!r})\n"
         return code
+
+    async def _sandbox_options(
+        self, kernel_name: str, working_dir: Path, env: dict[str, str] | None
+    ) -> SandboxOptions:
+        """The sandbox of a new kernel, after checking that one can be made at all.
+
+        Raises SandboxError, so that nothing runs unsandboxed by surprise, when kernels run on
+        a gateway, when the kernel spec names a provisioner of its own, or when bubblewrap is
+        missing or cannot make namespaces here.
+        """
+        if is_gateway_kernel_manager(self.kernel_manager):
+            raise SandboxError("kernels run on a gateway (--gateway-url), not on this machine")
+        spec = await self._kernel_spec(kernel_name)
+        named = (getattr(spec, "metadata", None) or {}).get("kernel_provisioner", {})
+        if named.get("provisioner_name", PROVISIONER_NAME) != PROVISIONER_NAME:
+            raise SandboxError(
+                f"the kernel spec {kernel_name!r} names its own provisioner "
+                f"{named['provisioner_name']!r}, which does not sandbox"
+            )
+        factory = KernelProvisionerFactory.instance(parent=self.kernel_manager)
+        if factory.default_provisioner_name not in ("local-provisioner", PROVISIONER_NAME):
+            raise SandboxError(
+                "KernelProvisionerFactory.default_provisioner_name is set to "
+                f"{factory.default_provisioner_name!r}, which does not sandbox"
+            )
+        # Kernel specs without a provisioner of their own get ours, which starts kernels
+        # without the sandbox argument (JupyterLab's) exactly as the local provisioner does.
+        factory.default_provisioner_name = PROVISIONER_NAME
+        if not self._sandbox_checked:
+            await check_bubblewrap()
+            self._sandbox_checked = True
+        if self._sandbox_kernels_dir is None:
+            # Short: the kernel's unix sockets live there (at most 108 bytes a path).
+            self._sandbox_kernels_dir = Path(tempfile.mkdtemp(prefix="jx-"))
+        hidden = [str(self.root_dir), self.output_store_dir]
+        return SandboxOptions(
+            working_dir=working_dir,
+            kernels_dir=self._sandbox_kernels_dir,
+            network=self.sandbox_network,
+            memory_limit=self.kernel_memory_limit,
+            cpu_limit=self.sandbox_cpu_limit,
+            process_limit=self.sandbox_process_limit,
+            read_only_paths=tuple(self.sandbox_read_only_paths),
+            hidden_paths=tuple(path for path in hidden if path),
+            env=dict(env or {}),
+        )
+
+    @staticmethod
+    def _no_sandbox(error: SandboxError) -> web.HTTPError:
+        """The answer when a session's sandbox cannot be made (a server problem: 500)."""
+        return web.HTTPError(
+            500, f"The session's kernel was not started, as its sandbox cannot be made: {error}"
+        )
 
     def _kernel_path_kwargs(self, working_dir: Path) -> dict[str, Any]:
         """Start the kernel in its working folder when that lies under the server's root."""

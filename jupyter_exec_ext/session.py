@@ -175,6 +175,10 @@ class AgentSession:
                 "evalue": message,
                 "traceback": capture.error["traceback"] if capture.error else [],
             }
+        elif outcome.status == "dead" and not self._closed and self.connection.memory_limit_hit():
+            # The sandbox's cgroup killed the kernel: the same answer as a MemoryError.
+            await self._memory_limit_reached(capture)
+            return Outcome("error", outcome.execution_count)
         elif outcome.status == "dead":
             if self._closed:
                 message = "The session was deleted while this call ran."
@@ -198,13 +202,23 @@ class AgentSession:
             await self._recover()
         elif self.memory_limit and capture.error and capture.error["ename"] == "MemoryError":
             # Past the limit the kernel may be left in a half-allocated state: start afresh.
-            await self._recover()
-            capture.add_note(
-                f"Memory limit reached: the code needed more than the session's limit of "
-                f"{self.memory_limit} bytes. A new kernel was started and the session's earlier "
-                "state (variables, imports) is lost."
-            )
+            await self._memory_limit_reached(capture)
         return outcome
+
+    async def _memory_limit_reached(self, capture: OutputCapture) -> None:
+        """Start a fresh kernel and say why: the code went past the memory limit."""
+        await self._recover()
+        capture.add_note(
+            f"Memory limit reached: the code needed more than the session's limit of "
+            f"{self.memory_limit} bytes. A new kernel was started and the session's earlier "
+            "state (variables, imports) is lost."
+        )
+        if capture.error is None:
+            capture.error = {
+                "ename": "MemoryError",
+                "evalue": f"memory limit of {self.memory_limit} bytes reached",
+                "traceback": [],
+            }
 
     async def _recover(self) -> None:
         """Start a fresh kernel in place of a dead or stuck one."""

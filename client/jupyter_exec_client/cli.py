@@ -165,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--kernel", default="python3", help="the kernel name (default: python3)")
     run.add_argument(
+        "--sandbox",
+        choices=("none", "bubblewrap"),
+        help="isolate the local server's kernel: 'bubblewrap' sandboxes it (its own folder, "
+        "no network; needs bwrap), 'none' does not (default: the server's configuration, "
+        "which is 'none'); a server at --url decides for itself",
+    )
+    run.add_argument(
         "--log-file",
         help="keep the log of the local server in this file (default: not kept)",
     )
@@ -260,9 +267,11 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             parser.error(f"--upload {local!r}: no such file")
     with contextlib.ExitStack() as stack:
         if args.url:
+            if args.sandbox is not None:
+                parser.error("--sandbox is for the local server: a server at --url has its own")
             connection: JupyterConnectable | JupyterConnectionInfo = _connection_info(args, parser)
         else:
-            connection = stack.enter_context(_embedded_server(args.log_file))
+            connection = stack.enter_context(_embedded_server(args.log_file, args.sandbox))
         executor = stack.enter_context(
             JupyterCodeExecutor(
                 connection,
@@ -410,7 +419,7 @@ def _connection_info(
 
 
 @contextlib.contextmanager
-def _embedded_server(log_file: str | None) -> Iterator[LocalJupyterServer]:
+def _embedded_server(log_file: str | None, sandbox: str | None) -> Iterator[LocalJupyterServer]:
     """A local server for one run, in a temporary folder removed with it."""
     with (
         tempfile.TemporaryDirectory(prefix="jupyter-exec-") as root,
@@ -419,6 +428,7 @@ def _embedded_server(log_file: str | None) -> Iterator[LocalJupyterServer]:
             log_file=log_file or Path(root, "server.log"),
             # One session: kernels started ahead of time would only compete for the CPU.
             kernel_pool=0,
+            sandbox=sandbox,
         ) as server,
     ):
         yield server
