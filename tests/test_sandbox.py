@@ -270,7 +270,10 @@ async def test_interrupts_timeouts_restarts_and_deaths_work_as_without_the_sandb
     await api.execute(session["id"], "open('after-restart.txt', 'w').write('x')")
     assert (jp_root_dir / "agent-sessions" / "steady" / "after-restart.txt").exists()
 
-    died = await api.execute(session["id"], "print('going', flush=True)\nimport os\nos._exit(3)")
+    # The pause lets IOPub send the line first, as in test_execution's death test.
+    died = await api.execute(
+        session["id"], "import os, time\nprint('going', flush=True)\ntime.sleep(0.3)\nos._exit(3)"
+    )
     assert died["status"] == "dead"
     assert died["output"].startswith("going\n")
     exited = await api.execute(session["id"], "exit()")
