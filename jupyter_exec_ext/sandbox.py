@@ -531,6 +531,9 @@ class SandboxProvisioner(LocalProvisioner):
             args.append("--share-net")
         for path in _SYSTEM_PATHS:
             args += _system_mount(path)
+        # Before the read-only binds: a Python environment may live under /tmp (a CI's venv
+        # from mktemp), and a bind made before the tmpfs would be covered by it.
+        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         read_only = _outermost(
             p
             for p in [*_python_prefixes(argv0, os.environ.get("PATH")), *options.read_only_paths]
@@ -549,9 +552,6 @@ class SandboxProvisioner(LocalProvisioner):
         hidden = [*_jupyter_paths(), *config, *options.hidden_paths]
         args += self._masks(["/usr", "/etc", *read_only], hidden)
         args += [
-            "--proc", "/proc",
-            "--dev", "/dev",
-            "--tmpfs", "/tmp",
             "--tmpfs", SANDBOX_HOME,
             "--bind", str(options.working_dir), SANDBOX_WORKING_DIR,
             # After the /tmp above: a bind under /tmp before it would be covered.

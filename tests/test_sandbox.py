@@ -71,7 +71,7 @@ def accepted(listener: socket.socket) -> bool:
 
 
 def probe_code(targets: dict[str, Any]) -> str:
-    """Code that tries every escape and prints, as JSON, what each attempt read or said."""
+    """Code that tries every escape and writes, as JSON, what each attempt read or said."""
     return f"""
 import json, os, socket
 targets = json.loads({json.dumps(json.dumps(targets))})
@@ -121,7 +121,10 @@ attempt("server_port", lambda: connect(targets["server_port"]))
 attempt("loopback_port", lambda: connect(targets["loopback_port"]))
 attempt("python_env_write", lambda: write(targets["python_env_file"]))
 attempt("root_dir_write", lambda: write(targets["root_dir_file"]))
-print(json.dumps(found))
+# To a file of the session's folder, which the host reads: what a probe read (every process's
+# environment, unsandboxed) can be longer than a result keeps.
+with open("probe.json", "w") as f:
+    json.dump(found, f)
 """
 
 
@@ -165,7 +168,8 @@ async def test_probes_find_every_leak_without_the_sandbox_and_none_with_it(
     }
     try:
         result = await api.execute(prober["id"], probe_code(targets), timeout=30)
-        found = json.loads(result["output"])
+        assert result["status"] == "ok", result["output"]
+        found = json.loads((jp_root_dir / "agent-sessions" / "prober" / "probe.json").read_text())
         leaks = {
             "other_session_file": other_secret in found["other_session_file"],
             "server_config": token in found["server_config"],

@@ -372,4 +372,6 @@ async def test_an_upload_without_credentials_writes_nothing(
     raw.headers = {"Authorization": "token wrong"}
     refused = await raw("PUT", f"{session['id']}/workspace/intruder.txt", b"x" * 100_000)
     assert refused.status == 403
+    # The empty transcript is written after the session is returned (a temp file, renamed).
+    await manager._sessions[session["id"]].transcript.flush()
     assert sorted(p.name for p in folder_of(manager, session).iterdir()) == ["transcript.ipynb"]
