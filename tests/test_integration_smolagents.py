@@ -1,0 +1,149 @@
+"""smolagents' CodeAgent on our JupyterExecutor: a scripted model, a real server, no LLM."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jupyter_exec_client import JupyterCodeExecutor, LocalJupyterServer
+
+smolagents = pytest.importorskip("smolagents")
+from smolagents import CodeAgent, tool  # noqa: E402
+from smolagents.models import ChatMessage, MessageRole, Model  # noqa: E402
+from smolagents.monitoring import AgentLogger, LogLevel  # noqa: E402
+from smolagents.utils import AgentError  # noqa: E402
+
+from jupyter_exec_client.integrations.smolagents import JupyterExecutor  # noqa: E402
+
+PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [step, 4, 9])\nplt.show()"
+
+
+class ScriptedModel(Model):
+    """A model that answers with the next code action of its script, and keeps what it saw."""
+
+    def __init__(self, actions: list[str]) -> None:
+        super().__init__(model_id="scripted")
+        self.actions = list(actions)
+        self.seen: list[list[ChatMessage]] = []
+
+    def generate(self, messages: list[ChatMessage], **kwargs: Any) -> ChatMessage:
+        self.seen.append(list(messages))
+        code = self.actions.pop(0)
+        return ChatMessage(
+            role=MessageRole.ASSISTANT, content=f"Thought: next.\n<code>\n{code}\n</code>"
+        )
+
+
+def text_seen(model: ScriptedModel, call: int) -> str:
+    """The text of every message the model got on its call number ``call``."""
+    parts = []
+    for message in model.seen[call]:
+        content = message.content
+        if isinstance(content, str):
+            parts.append(content)
+        else:
+            parts.extend(str(item.get("text", "")) for item in content or [])
+    return "\n".join(parts)
+
+
+def images_seen(model: ScriptedModel, call: int) -> list[Any]:
+    """The images among the messages of the model's call number ``call``."""
+    return [
+        item["image"]
+        for message in model.seen[call]
+        if isinstance(message.content, list)
+        for item in message.content
+        if item.get("type") == "image"
+    ]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalJupyterServer]:
+    root = tmp_path_factory.mktemp("server-root")
+    with LocalJupyterServer(root_dir=root, log_file=root / "server.log") as running:
+        yield running
+
+
+@pytest.fixture
+def logger() -> AgentLogger:
+    return AgentLogger(level=LogLevel.OFF)
+
+
+@tool
+def double(number: int) -> int:
+    """Doubles a number.
+
+    Args:
+        number: The number to double.
+    """
+    return number * 2
+
+
+def test_agent_keeps_state_sees_images_errors_and_tools_and_answers(
+    server: LocalJupyterServer, tmp_path: Path, logger: AgentLogger
+) -> None:
+    model = ScriptedModel(
+        [
+            "step = 1\nprint('first step', double(21))",
+            f"step += 1\n{PLOT}",
+            "print('about to fail')\n{}['missing']",
+            "final_answer({'step': step, 'text': 'x' * 250_000})",
+        ]
+    )
+    executor = JupyterExecutor(server, [], logger, output_dir=tmp_path, timeout=30)
+    agent = CodeAgent(
+        tools=[double],
+        model=model,
+        executor=executor,
+        logger=logger,
+        step_callbacks=[executor.attach_images],
+        max_steps=6,
+    )
+    with agent:
+        answer = agent.run("Compute things.")
+    # The final answer comes back whole: far past the server's 100,000-character cut.
+    assert answer == {"step": 2, "text": "x" * 250_000}
+    # A tool sent into the kernel, and state from step to step.
+    assert "first step 42" in text_seen(model, 1)
+    # The figure of step 2 reached the model as an image of the next call.
+    (image,) = images_seen(model, 2)
+    assert image.width > 300
+    assert image.height > 200
+    # The error with its earlier output and traceback reached the model.
+    after_error = text_seen(model, 3)
+    assert "about to fail" in after_error
+    assert "KeyError" in after_error
+    assert "'missing'" in after_error
+    # cleanup() deleted the session.
+    assert executor.executor.closed
+
+
+def test_timeout_is_an_agent_error_and_state_survives(
+    server: LocalJupyterServer, tmp_path: Path, logger: AgentLogger
+) -> None:
+    executor = JupyterExecutor(server, [], logger, output_dir=tmp_path, timeout=2)
+    try:
+        executor.send_variables({"given": [1, 2, 3]})
+        with pytest.raises(AgentError, match="Timeout"):
+            executor("kept = sum(given)\nimport time\ntime.sleep(60)")
+        assert executor("print(kept)").logs.strip() == "6"
+    finally:
+        executor.cleanup()
+
+
+def test_additional_imports_are_installed_quietly_and_an_executor_of_ours_works(
+    server: LocalJupyterServer, tmp_path: Path, logger: AgentLogger
+) -> None:
+    with JupyterCodeExecutor(server, output_dir=tmp_path) as ours:
+        executor = JupyterExecutor(additional_imports=["pip"], logger=logger, executor=ours)
+        assert executor.installed_packages == ["pip"]
+        assert executor("x = 5\nx * 2").logs.strip() == "10"
+        executor.cleanup()
+        assert ours.closed
+
+
+def test_server_and_executor_together_are_refused(server: LocalJupyterServer) -> None:
+    with pytest.raises(TypeError, match="either a server or an executor"):
+        JupyterExecutor()
