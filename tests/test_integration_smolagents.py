@@ -147,3 +147,20 @@ def test_additional_imports_are_installed_quietly_and_an_executor_of_ours_works(
 def test_server_and_executor_together_are_refused(server: LocalJupyterServer) -> None:
     with pytest.raises(TypeError, match="either a server or an executor"):
         JupyterExecutor()
+
+
+def test_importing_the_client_imports_no_framework() -> None:
+    """The light client stays light: the frameworks load only with their adapter modules."""
+    import subprocess
+    import sys
+
+    frameworks = ["autogen_core", "autogen", "ag2", "smolagents", "agents", "langchain_core", "pydantic"]
+    code = (
+        "import sys, jupyter_exec_client, jupyter_exec_client.integrations\n"
+        f"print([name for name in {frameworks!r} if name in sys.modules])"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
+    adapter = "import sys, jupyter_exec_client.integrations.smolagents\nprint('smolagents' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", adapter], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "True"
