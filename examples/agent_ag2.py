@@ -9,7 +9,6 @@ import json
 from ag2 import Agent
 from ag2.events import ToolCallEvent
 from ag2.testing import TestConfig
-
 from jupyter_exec_client import AsyncJupyterCodeExecutor, LocalJupyterServer
 from jupyter_exec_client.integrations.ag2 import jupyter_tool
 
@@ -21,8 +20,9 @@ async def main() -> None:
     )
     with LocalJupyterServer() as server:
         async with AsyncJupyterCodeExecutor(server, output_dir=".") as executor:
-            agent = Agent("analyst", "Compute with run_python.", config=config,
-                          tools=[jupyter_tool(executor)])
+            agent = Agent(
+                "analyst", "Compute with run_python.", config=config, tools=[jupyter_tool(executor)]
+            )
             print((await agent.ask("Compute 6 * 7.")).body)
 
 

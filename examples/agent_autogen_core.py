@@ -8,7 +8,6 @@ import asyncio
 
 from autogen_agentchat.agents import ApprovalResponse, CodeExecutorAgent
 from autogen_ext.models.replay import ReplayChatCompletionClient
-
 from jupyter_exec_client import LocalJupyterServer
 from jupyter_exec_client.integrations.autogen_core import JupyterCodeExecutor
 
@@ -18,7 +17,9 @@ async def main() -> None:
     with LocalJupyterServer() as server:
         async with JupyterCodeExecutor(server, output_dir=".") as executor:
             agent = CodeExecutorAgent(
-                "coder", code_executor=executor, model_client=model,
+                "coder",
+                code_executor=executor,
+                model_client=model,
                 approval_func=lambda request: ApprovalResponse(approved=True, reason="example"),
             )
             async for message in agent.run_stream(task="Compute 6 * 7."):

@@ -3,11 +3,10 @@
 A scripted chat model calls the tool; any chat model with bind_tools works in its place.
 """
 
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage, HumanMessage
-
 from jupyter_exec_client import JupyterCodeExecutor, LocalJupyterServer
 from jupyter_exec_client.integrations.langchain import JupyterTool
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage, HumanMessage
 
 
 class Scripted(GenericFakeChatModel):

@@ -4,11 +4,10 @@ Runs without an LLM: a scripted model writes the code. Put a real model
 (smolagents.InferenceClientModel, LiteLLMModel, ...) in its place for a real agent.
 """
 
-from smolagents import CodeAgent
-from smolagents.models import ChatMessage, MessageRole, Model
-
 from jupyter_exec_client import LocalJupyterServer
 from jupyter_exec_client.integrations.smolagents import JupyterExecutor
+from smolagents import CodeAgent
+from smolagents.models import ChatMessage, MessageRole, Model
 
 STEPS = [
     "import numpy as np\nxs = np.arange(10)\nprint(xs.sum())",
@@ -24,6 +23,10 @@ class Scripted(Model):
 
 with LocalJupyterServer() as server:
     executor = JupyterExecutor(server, additional_imports=[], logger=None, output_dir=".")
-    with CodeAgent(tools=[], model=Scripted(model_id="scripted"), executor=executor,
-                   step_callbacks=[executor.attach_images]) as agent:
+    with CodeAgent(
+        tools=[],
+        model=Scripted(model_id="scripted"),
+        executor=executor,
+        step_callbacks=[executor.attach_images],
+    ) as agent:
         print("answer:", agent.run("Sum the squares of 0..9 and plot them."))

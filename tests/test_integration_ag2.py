@@ -16,6 +16,14 @@ from jupyter_exec_client import (
     LocalJupyterServer,
 )
 
+pytest.importorskip("ag2")
+pytest.importorskip("autogen")
+from ag2 import Agent, BinaryInput, TextInput
+from ag2.events import ToolCallEvent
+from ag2.testing import TestConfig, TrackingConfig
+from autogen import ConversableAgent
+from jupyter_exec_client.integrations.ag2 import jupyter_tool
+
 from .framework_servers import BACKENDS, PLOT, local_server, plain_jupyter_server, server_target  # noqa: F401
 
 Target = tuple[str, LocalJupyterServer | JupyterConnectionInfo]
@@ -25,13 +33,6 @@ CODES = ["x = 21\nprint('set')", PLOT, "print('before')\n{}['missing']"]
 def test_ag2_agent_keeps_state_sees_the_image_and_the_error(
     server_target: Target, tmp_path: Path
 ) -> None:
-    pytest.importorskip("ag2")
-    from ag2 import Agent, BinaryInput, TextInput
-    from ag2.events import ToolCallEvent
-    from ag2.testing import TestConfig, TrackingConfig
-
-    from jupyter_exec_client.integrations.ag2 import jupyter_tool
-
     name, server = server_target
     config = TrackingConfig(
         TestConfig(
@@ -69,9 +70,6 @@ def test_ag2_agent_keeps_state_sees_the_image_and_the_error(
 def test_ag2_classic_conversable_agent_runs_code_on_our_executor(
     local_server: LocalJupyterServer, tmp_path: Path
 ) -> None:
-    pytest.importorskip("autogen")
-    from autogen import ConversableAgent
-
     with JupyterCodeExecutor(local_server, output_dir=tmp_path, timeout=30) as executor:
         agent = ConversableAgent(
             "executor",

@@ -13,26 +13,29 @@ import pytest
 from jupyter_exec_client import JupyterConnectionInfo, LocalJupyterServer
 
 pytest.importorskip("autogen_agentchat")
-from autogen_agentchat.agents import (  # noqa: E402
+from autogen_agentchat.agents import (
     ApprovalRequest,
     ApprovalResponse,
     AssistantAgent,
     CodeExecutorAgent,
 )
-from autogen_agentchat.messages import TextMessage  # noqa: E402
-from autogen_core import CancellationToken, FunctionCall  # noqa: E402
-from autogen_core.code_executor import CodeBlock, CodeExecutor  # noqa: E402
-from autogen_core.models import CreateResult, ModelInfo, RequestUsage  # noqa: E402
-from autogen_ext.models.replay import ReplayChatCompletionClient  # noqa: E402
-from autogen_ext.tools.code_execution import PythonCodeExecutionTool  # noqa: E402
+from autogen_agentchat.messages import TextMessage
+from autogen_core import CancellationToken, FunctionCall
+from autogen_core.code_executor import CodeBlock, CodeExecutor
+from autogen_core.models import CreateResult, ModelInfo, RequestUsage
+from autogen_ext.models.replay import ReplayChatCompletionClient
+from autogen_ext.tools.code_execution import PythonCodeExecutionTool
+from jupyter_exec_client.integrations.autogen_core import JupyterCodeExecutor
 
-from jupyter_exec_client.integrations.autogen_core import JupyterCodeExecutor  # noqa: E402
-
-from .framework_servers import BACKENDS, PLOT, local_server, plain_jupyter_server, server_target  # noqa: E402, F401
+from .framework_servers import BACKENDS, PLOT, local_server, plain_jupyter_server, server_target  # noqa: F401
 
 #: What the replayed model says it can do: call tools.
 MODEL_INFO = ModelInfo(
-    vision=False, function_calling=True, json_output=False, family="unknown", structured_output=False
+    vision=False,
+    function_calling=True,
+    json_output=False,
+    family="unknown",
+    structured_output=False,
 )
 
 Target = tuple[str, LocalJupyterServer | JupyterConnectionInfo]
@@ -42,7 +45,9 @@ def tool_call(code: str, call_id: str) -> CreateResult:
     """A model turn that calls the code execution tool with ``code``."""
     return CreateResult(
         finish_reason="function_calls",
-        content=[FunctionCall(id=call_id, name="CodeExecutor", arguments=json.dumps({"code": code}))],
+        content=[
+            FunctionCall(id=call_id, name="CodeExecutor", arguments=json.dumps({"code": code}))
+        ],
         usage=RequestUsage(prompt_tokens=0, completion_tokens=0),
         cached=False,
     )
@@ -77,7 +82,7 @@ def test_assistant_with_the_code_execution_tool(server_target: Target, tmp_path:
         assert "set" in results[0].content
         # State across calls, and the figure saved as a PNG named in the output.
         assert "doubled 42" in results[1].content
-        (png,) = tmp_path.glob("*.png")
+        (png,) = await asyncio.to_thread(lambda: list(tmp_path.glob("*.png")))
         assert str(png) in results[1].content
         assert "KeyError" in results[2].content
         assert "before" in results[2].content
@@ -88,10 +93,10 @@ def test_assistant_with_the_code_execution_tool(server_target: Target, tmp_path:
 
 async def last(stream: AsyncIterator[Any]) -> Any:
     """The last item of a stream: the TaskResult of run_stream."""
-    item = None
+    last_item = None
     async for item in stream:
-        pass
-    return item
+        last_item = item
+    return last_item
 
 
 def approve(request: ApprovalRequest) -> ApprovalResponse:
@@ -156,7 +161,9 @@ def test_cancellation_interrupts_the_kernel_and_state_survives(
             )
             assert result.output.strip() == "7"
             await executor.restart()
-            result = await executor.execute_code_blocks([CodeBlock("print('kept' in dir())", "python")])
+            result = await executor.execute_code_blocks(
+                [CodeBlock("print('kept' in dir())", "python")]
+            )
             assert result.output.strip() == "False"
 
     asyncio.run(scenario())
@@ -172,13 +179,21 @@ def test_config_round_trips_and_the_loaded_executor_runs(
     assert local_server.connection_info.token not in model.model_dump_json()
     loaded = CodeExecutor.load_component(model)
     assert isinstance(loaded, JupyterCodeExecutor)
-    assert (loaded.timeout, loaded.output_dir, loaded.kernel_name) == (17, tmp_path.resolve(), "python3")
+    assert (loaded.timeout, loaded.output_dir, loaded.kernel_name) == (
+        17,
+        tmp_path.resolve(),
+        "python3",
+    )
     assert loaded.connection_info.token == local_server.connection_info.token
     # Through the tool's config too, and it runs code on the server.
-    tool = PythonCodeExecutionTool.load_component(PythonCodeExecutionTool(executor).dump_component())
+    tool = PythonCodeExecutionTool.load_component(
+        PythonCodeExecutionTool(executor).dump_component()
+    )
 
     async def scenario() -> None:
-        result = await tool.run_json({"code": "import os\nprint(os.environ['MODE'])"}, CancellationToken())
+        result = await tool.run_json(
+            {"code": "import os\nprint(os.environ['MODE'])"}, CancellationToken()
+        )
         assert result.output.strip() == "x"
         await tool._executor.stop()
 

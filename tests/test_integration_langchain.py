@@ -17,13 +17,13 @@ from jupyter_exec_client import (
 )
 
 pytest.importorskip("langchain_core")
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel  # noqa: E402
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage  # noqa: E402
-from langchain_core.utils.function_calling import convert_to_openai_tool  # noqa: E402
+from jupyter_exec_client.integrations.langchain import JupyterTool
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import Field
 
-from jupyter_exec_client.integrations.langchain import JupyterTool  # noqa: E402
-
-from .framework_servers import BACKENDS, PLOT, local_server, plain_jupyter_server, server_target  # noqa: E402, F401
+from .framework_servers import BACKENDS, PLOT, local_server, plain_jupyter_server, server_target  # noqa: F401
 
 Target = tuple[str, LocalJupyterServer | JupyterConnectionInfo]
 
@@ -31,8 +31,8 @@ Target = tuple[str, LocalJupyterServer | JupyterConnectionInfo]
 class ToolCallingFakeModel(GenericFakeChatModel):
     """GenericFakeChatModel that takes tools as a real chat model does, and keeps its inputs."""
 
-    seen: list[list[BaseMessage]] = []
-    bound: list[dict[str, Any]] = []
+    seen: list[list[BaseMessage]] = Field(default_factory=list)
+    bound: list[dict[str, Any]] = Field(default_factory=list)
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
         self.bound = [convert_to_openai_tool(tool) for tool in tools]
@@ -47,7 +47,9 @@ def script() -> list[AIMessage]:
     """Set a variable, plot with it, fail, answer."""
     codes = ["x = 21\nprint('set')", PLOT, "print('before')\n{}['missing']"]
     turns = [
-        AIMessage(content="", tool_calls=[{"name": "run_python", "args": {"code": code}, "id": f"c{i}"}])
+        AIMessage(
+            content="", tool_calls=[{"name": "run_python", "args": {"code": code}, "id": f"c{i}"}]
+        )
         for i, code in enumerate(codes)
     ]
     return [*turns, AIMessage(content="The answer is 42.")]

@@ -18,18 +18,17 @@ from jupyter_exec_client import (
 )
 
 pytest.importorskip("agents")
-from agents import Agent, Runner, Usage, set_tracing_disabled  # noqa: E402
-from agents.items import ModelResponse  # noqa: E402
-from agents.models.interface import Model  # noqa: E402
-from openai.types.responses import (  # noqa: E402
+from agents import Agent, Runner, Usage, set_tracing_disabled
+from agents.items import ModelResponse
+from agents.models.interface import Model
+from jupyter_exec_client.integrations.openai_agents import jupyter_tool
+from openai.types.responses import (
     ResponseFunctionToolCall,
     ResponseOutputMessage,
     ResponseOutputText,
 )
 
-from jupyter_exec_client.integrations.openai_agents import jupyter_tool  # noqa: E402
-
-from .framework_servers import BACKENDS, PLOT, local_server, plain_jupyter_server, server_target  # noqa: E402, F401
+from .framework_servers import BACKENDS, PLOT, local_server, plain_jupyter_server, server_target  # noqa: F401
 
 Target = tuple[str, LocalJupyterServer | JupyterConnectionInfo]
 CODES = ["x = 21\nprint('set')", PLOT, "print('before')\n{}['missing']"]
@@ -53,7 +52,9 @@ class ScriptedModel(Model):
         self.turns.append(
             ResponseOutputMessage(
                 id="answer",
-                content=[ResponseOutputText(text="The answer is 42.", type="output_text", annotations=[])],
+                content=[
+                    ResponseOutputText(text="The answer is 42.", type="output_text", annotations=[])
+                ],
                 role="assistant",
                 status="completed",
                 type="message",
@@ -83,7 +84,9 @@ def tool_outputs(model: ScriptedModel) -> list[Any]:
 
 async def agent_run(executor: JupyterCodeExecutor | AsyncJupyterCodeExecutor) -> None:
     model = ScriptedModel()
-    agent = Agent(name="analyst", instructions="Compute.", model=model, tools=[jupyter_tool(executor)])
+    agent = Agent(
+        name="analyst", instructions="Compute.", model=model, tools=[jupyter_tool(executor)]
+    )
     result = await Runner.run(agent, "Double 21 and plot it.")
     assert result.final_output == "The answer is 42."
     (tool,) = model.tools
@@ -118,6 +121,8 @@ def test_agent_run_with_an_async_executor(server_target: Target, tmp_path: Path)
     asyncio.run(scenario())
 
 
-def test_agent_run_with_a_blocking_executor(local_server: LocalJupyterServer, tmp_path: Path) -> None:
+def test_agent_run_with_a_blocking_executor(
+    local_server: LocalJupyterServer, tmp_path: Path
+) -> None:
     with JupyterCodeExecutor(local_server, output_dir=tmp_path) as executor:
         asyncio.run(agent_run(executor))

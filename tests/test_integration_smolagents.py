@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,12 +12,11 @@ import pytest
 from jupyter_exec_client import JupyterCodeExecutor, LocalJupyterServer
 
 smolagents = pytest.importorskip("smolagents")
+from jupyter_exec_client.integrations.smolagents import JupyterExecutor  # noqa: E402
 from smolagents import CodeAgent, tool  # noqa: E402
 from smolagents.models import ChatMessage, MessageRole, Model  # noqa: E402
 from smolagents.monitoring import AgentLogger, LogLevel  # noqa: E402
 from smolagents.utils import AgentError  # noqa: E402
-
-from jupyter_exec_client.integrations.smolagents import JupyterExecutor  # noqa: E402
 
 PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [step, 4, 9])\nplt.show()"
 
@@ -151,16 +152,28 @@ def test_server_and_executor_together_are_refused(server: LocalJupyterServer) ->
 
 def test_importing_the_client_imports_no_framework() -> None:
     """The light client stays light: the frameworks load only with their adapter modules."""
-    import subprocess
-    import sys
-
-    frameworks = ["autogen_core", "autogen", "ag2", "smolagents", "agents", "langchain_core", "pydantic"]
+    frameworks = [
+        "autogen_core",
+        "autogen",
+        "ag2",
+        "smolagents",
+        "agents",
+        "langchain_core",
+        "pydantic",
+    ]
     code = (
         "import sys, jupyter_exec_client, jupyter_exec_client.integrations\n"
         f"print([name for name in {frameworks!r} if name in sys.modules])"
     )
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert loaded.stdout.strip() == "[]"
-    adapter = "import sys, jupyter_exec_client.integrations.smolagents\nprint('smolagents' in sys.modules)"
-    loaded = subprocess.run([sys.executable, "-c", adapter], capture_output=True, text=True, check=True)
+    adapter = (
+        "import sys, jupyter_exec_client.integrations.smolagents\n"
+        "print('smolagents' in sys.modules)"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", adapter], capture_output=True, text=True, check=True
+    )
     assert loaded.stdout.strip() == "True"

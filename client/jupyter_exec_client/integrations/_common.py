@@ -10,8 +10,8 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..blocks import CodeBlock, IPythonCodeResult
-from ..executor import AsyncJupyterCodeExecutor, JupyterCodeExecutor
+from jupyter_exec_client.blocks import CodeBlock, IPythonCodeResult
+from jupyter_exec_client.executor import AsyncJupyterCodeExecutor, JupyterCodeExecutor
 
 __all__ = ["TOOL_DESCRIPTION", "AnyExecutor", "CodeRun", "Image", "run_code", "run_code_async"]
 
@@ -27,9 +27,7 @@ TOOL_DESCRIPTION = (
 
 # One call at a time per blocking executor: tools of async frameworks run it in threads,
 # and an executor's connection serves one request at a time.
-_locks: weakref.WeakKeyDictionary[JupyterCodeExecutor, threading.Lock] = (
-    weakref.WeakKeyDictionary()
-)
+_locks: weakref.WeakKeyDictionary[JupyterCodeExecutor, threading.Lock] = weakref.WeakKeyDictionary()
 _locks_lock = threading.Lock()
 
 

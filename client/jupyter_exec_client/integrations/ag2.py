@@ -26,7 +26,12 @@ from ag2.events import ToolResult
 from ag2.tools.final import tool
 from ag2.tools.final.function_tool import FunctionTool
 
-from ._common import TOOL_DESCRIPTION, AnyExecutor, check_executor, run_code_async
+from jupyter_exec_client.integrations._common import (
+    TOOL_DESCRIPTION,
+    AnyExecutor,
+    check_executor,
+    run_code_async,
+)
 
 __all__ = ["jupyter_tool"]
 
@@ -47,7 +52,7 @@ def jupyter_tool(
         run = await run_code_async(executor, code)
         parts: list[Any] = [TextInput(run.text_for_model())]
         parts.extend(
-            ImageInput(data=image.data, media_type=image.mime_type)  # type: ignore[arg-type]
+            ImageInput(data=image.data, media_type=image.mime_type)  # type: ignore[call-overload]
             for image in run.images
         )
         return ToolResult(parts=parts)

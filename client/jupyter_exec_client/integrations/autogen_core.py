@@ -23,8 +23,12 @@ from autogen_core.code_executor import CodeBlock, CodeExecutor, CodeResult
 from pydantic import BaseModel, Field, SecretStr
 from typing_extensions import Self
 
-from ..connection import JupyterConnectable, JupyterConnectionInfo, as_connection_info
-from ..executor import AsyncJupyterCodeExecutor
+from jupyter_exec_client.connection import (
+    JupyterConnectable,
+    JupyterConnectionInfo,
+    as_connection_info,
+)
+from jupyter_exec_client.executor import AsyncJupyterCodeExecutor
 
 __all__ = ["JupyterCodeExecutor", "JupyterCodeExecutorConfig", "JupyterCodeResult"]
 
@@ -73,7 +77,9 @@ class JupyterCodeExecutorConfig(BaseModel):
     env: dict[str, SecretStr] = Field(default_factory=dict)
 
 
-class JupyterCodeExecutor(AsyncJupyterCodeExecutor, CodeExecutor, Component[JupyterCodeExecutorConfig]):
+class JupyterCodeExecutor(
+    AsyncJupyterCodeExecutor, CodeExecutor, Component[JupyterCodeExecutorConfig]
+):
     """Runs code blocks in a stateful Jupyter kernel of its own (an autogen-core executor).
 
     The arguments are those of :class:`jupyter_exec_client.AsyncJupyterCodeExecutor`: a
@@ -90,7 +96,9 @@ class JupyterCodeExecutor(AsyncJupyterCodeExecutor, CodeExecutor, Component[Jupy
     """
 
     component_config_schema = JupyterCodeExecutorConfig
-    component_provider_override = "jupyter_exec_client.integrations.autogen_core.JupyterCodeExecutor"
+    component_provider_override = (
+        "jupyter_exec_client.integrations.autogen_core.JupyterCodeExecutor"
+    )
 
     def __init__(
         self,
@@ -120,6 +128,11 @@ class JupyterCodeExecutor(AsyncJupyterCodeExecutor, CodeExecutor, Component[Jupy
             output_files=[Path(path) for path in result.output_files],
             workspace_changes=result.workspace_changes,
         )
+
+    async def __aenter__(self) -> Self:
+        """Start the executor (both bases do; this says it returns this class)."""
+        await self.start()
+        return self
 
     def _to_config(self) -> JupyterCodeExecutorConfig:
         info = self.connection_info

@@ -18,8 +18,15 @@ from typing import Any
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._common import TOOL_DESCRIPTION, AnyExecutor, CodeRun, check_executor, run_code, run_code_async
-from ..executor import AsyncJupyterCodeExecutor
+from jupyter_exec_client.executor import AsyncJupyterCodeExecutor
+from jupyter_exec_client.integrations._common import (
+    TOOL_DESCRIPTION,
+    AnyExecutor,
+    CodeRun,
+    check_executor,
+    run_code,
+    run_code_async,
+)
 
 __all__ = ["JupyterTool", "JupyterToolInput"]
 

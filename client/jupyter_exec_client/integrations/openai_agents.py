@@ -18,7 +18,12 @@ import base64
 
 from agents import FunctionTool, ToolOutputImage, ToolOutputText, function_tool
 
-from ._common import TOOL_DESCRIPTION, AnyExecutor, check_executor, run_code_async
+from jupyter_exec_client.integrations._common import (
+    TOOL_DESCRIPTION,
+    AnyExecutor,
+    check_executor,
+    run_code_async,
+)
 
 __all__ = ["jupyter_tool"]
 
@@ -42,7 +47,9 @@ def jupyter_tool(
             code: The Python code to run.
         """
         run = await run_code_async(executor, code)
-        outputs: list[ToolOutputText | ToolOutputImage] = [ToolOutputText(text=run.text_for_model())]
+        outputs: list[ToolOutputText | ToolOutputImage] = [
+            ToolOutputText(text=run.text_for_model())
+        ]
         outputs.extend(
             ToolOutputImage(
                 image_url=f"data:{image.mime_type};base64,"

@@ -20,15 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import PIL.Image
-from smolagents.local_python_executor import CodeOutput
-from smolagents.monitoring import AgentLogger, LogLevel
-from smolagents.remote_executors import RemotePythonExecutor
-from smolagents.utils import AgentError
+from smolagents.local_python_executor import CodeOutput  # type: ignore[import-untyped]
+from smolagents.monitoring import AgentLogger, LogLevel  # type: ignore[import-untyped]
+from smolagents.remote_executors import RemotePythonExecutor  # type: ignore[import-untyped]
+from smolagents.utils import AgentError  # type: ignore[import-untyped]
 
-from ..blocks import CodeBlock
-from ..connection import JupyterConnectable, JupyterConnectionInfo
-from ..executor import JupyterCodeExecutor
-from ._common import CodeRun
+from jupyter_exec_client.blocks import CodeBlock
+from jupyter_exec_client.connection import JupyterConnectable, JupyterConnectionInfo
+from jupyter_exec_client.executor import JupyterCodeExecutor
+from jupyter_exec_client.integrations._common import CodeRun
 
 __all__ = ["JupyterExecutor"]
 
@@ -55,7 +55,7 @@ del _jupyter_exec_send_final_answer
 _FINAL_ANSWER_FILE = re.compile(re.escape(FINAL_ANSWER_MIME_TYPE) + r" data saved to (.+)")
 
 
-class JupyterExecutor(RemotePythonExecutor):
+class JupyterExecutor(RemotePythonExecutor):  # type: ignore[misc]  # smolagents is untyped
     """Runs a ``CodeAgent``'s code in a stateful kernel of its own on a Jupyter server.
 
     ``server`` is a ``LocalJupyterServer``, anything with ``connection_info``, or a
