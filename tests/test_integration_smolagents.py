@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from jupyter_exec_client import JupyterCodeExecutor, LocalJupyterServer
+from jupyter_exec_client import JupyterCodeExecutor, JupyterConnectionInfo, LocalJupyterServer
 
-smolagents = pytest.importorskip("smolagents")
-from jupyter_exec_client.integrations.smolagents import JupyterExecutor  # noqa: E402
-from smolagents import CodeAgent, tool  # noqa: E402
-from smolagents.models import ChatMessage, MessageRole, Model  # noqa: E402
-from smolagents.monitoring import AgentLogger, LogLevel  # noqa: E402
-from smolagents.utils import AgentError  # noqa: E402
+pytest.importorskip("smolagents")
+from jupyter_exec_client.integrations.smolagents import JupyterExecutor
+from smolagents import CodeAgent, tool
+from smolagents.models import ChatMessage, MessageRole, Model
+from smolagents.monitoring import AgentLogger, LogLevel
+from smolagents.utils import AgentError
+
+from .framework_servers import BACKENDS, local_server, plain_jupyter_server, server_target  # noqa: F401
 
 PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [step, 4, 9])\nplt.show()"
 
@@ -60,13 +61,6 @@ def images_seen(model: ScriptedModel, call: int) -> list[Any]:
     ]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalJupyterServer]:
-    root = tmp_path_factory.mktemp("server-root")
-    with LocalJupyterServer(root_dir=root, log_file=root / "server.log") as running:
-        yield running
-
-
 @pytest.fixture
 def logger() -> AgentLogger:
     return AgentLogger(level=LogLevel.OFF)
@@ -83,8 +77,11 @@ def double(number: int) -> int:
 
 
 def test_agent_keeps_state_sees_images_errors_and_tools_and_answers(
-    server: LocalJupyterServer, tmp_path: Path, logger: AgentLogger
+    server_target: tuple[str, LocalJupyterServer | JupyterConnectionInfo],
+    tmp_path: Path,
+    logger: AgentLogger,
 ) -> None:
+    name, server = server_target
     model = ScriptedModel(
         [
             "step = 1\nprint('first step', double(21))",
@@ -94,6 +91,7 @@ def test_agent_keeps_state_sees_images_errors_and_tools_and_answers(
         ]
     )
     executor = JupyterExecutor(server, [], logger, output_dir=tmp_path, timeout=30)
+    assert executor.executor.backend == BACKENDS[name]
     agent = CodeAgent(
         tools=[double],
         model=model,
@@ -122,9 +120,9 @@ def test_agent_keeps_state_sees_images_errors_and_tools_and_answers(
 
 
 def test_timeout_is_an_agent_error_and_state_survives(
-    server: LocalJupyterServer, tmp_path: Path, logger: AgentLogger
+    local_server: LocalJupyterServer, tmp_path: Path, logger: AgentLogger
 ) -> None:
-    executor = JupyterExecutor(server, [], logger, output_dir=tmp_path, timeout=2)
+    executor = JupyterExecutor(local_server, [], logger, output_dir=tmp_path, timeout=2)
     try:
         executor.send_variables({"given": [1, 2, 3]})
         with pytest.raises(AgentError, match="Timeout"):
@@ -135,9 +133,9 @@ def test_timeout_is_an_agent_error_and_state_survives(
 
 
 def test_additional_imports_are_installed_quietly_and_an_executor_of_ours_works(
-    server: LocalJupyterServer, tmp_path: Path, logger: AgentLogger
+    local_server: LocalJupyterServer, tmp_path: Path, logger: AgentLogger
 ) -> None:
-    with JupyterCodeExecutor(server, output_dir=tmp_path) as ours:
+    with JupyterCodeExecutor(local_server, output_dir=tmp_path) as ours:
         executor = JupyterExecutor(additional_imports=["pip"], logger=logger, executor=ours)
         assert executor.installed_packages == ["pip"]
         assert executor("x = 5\nx * 2").logs.strip() == "10"
@@ -145,7 +143,7 @@ def test_additional_imports_are_installed_quietly_and_an_executor_of_ours_works(
         assert ours.closed
 
 
-def test_server_and_executor_together_are_refused(server: LocalJupyterServer) -> None:
+def test_server_and_executor_together_are_refused(local_server: LocalJupyterServer) -> None:
     with pytest.raises(TypeError, match="either a server or an executor"):
         JupyterExecutor()
 
