@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-from os import PathLike
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ from pydantic import BaseModel, Field, SecretStr
 from typing_extensions import Self
 
 from jupyter_exec_client.connection import (
-    JupyterConnectable,
     JupyterConnectionInfo,
     as_connection_info,
 )
@@ -99,21 +97,6 @@ class JupyterCodeExecutor(
     component_provider_override = (
         "jupyter_exec_client.integrations.autogen_core.JupyterCodeExecutor"
     )
-
-    def __init__(
-        self,
-        jupyter_server: JupyterConnectable | JupyterConnectionInfo,
-        kernel_name: str = "python3",
-        timeout: int | float = 60,
-        output_dir: str | PathLike[str] = ".",
-        *,
-        fallback: bool = True,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        """Check the arguments; nothing is sent before :meth:`start`."""
-        super().__init__(
-            jupyter_server, kernel_name, timeout, output_dir, fallback=fallback, env=env
-        )
 
     async def execute_code_blocks(  # type: ignore[override]
         self, code_blocks: list[CodeBlock], cancellation_token: CancellationToken | None = None
