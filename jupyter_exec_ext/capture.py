@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -54,12 +55,21 @@ class _Part:
 class OutputCapture:
     """Collects the outputs of one execution, in order, with bounded memory."""
 
-    def __init__(self, store: OutputStore | None, max_chars: int = 100_000) -> None:
+    def __init__(
+        self,
+        store: OutputStore | None,
+        max_chars: int = 100_000,
+        listener: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         """Save files to ``store``; keep at most ``max_chars`` of text (0: no limit).
 
         Without a store (internal calls whose output nobody downloads) rich data is not
-        saved and text is not cut.
+        saved and text is not cut. ``listener``, when given, is called with each output
+        item as it is added (a stream item carries only the newly printed text), numbered by
+        ``seq`` from 1: the events of a streamed or background execution.
         """
+        self.listener = listener
+        self._seq = 0
         self.store = store
         self.max_chars = max_chars if store is not None else 0
         self.files: list[StoredFile] = []
@@ -182,6 +192,11 @@ class OutputCapture:
     def _add(self, item: dict[str, Any], text: str) -> None:
         if not text and item["type"] == "stream":
             return
+        if self.listener is not None:
+            self._seq += 1
+            # A copy: the item itself is merged with later chunks and cut as text flows.
+            event = {**item, "text": text} if item["type"] == "stream" else dict(item)
+            self.listener({**event, "seq": self._seq})
         self._ends_with_newline = text.endswith("\n") if text else self._ends_with_newline
         if self._full_text is not None:
             self._full_text[1].write(text)

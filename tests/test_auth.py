@@ -66,14 +66,21 @@ async def make_targets(api: Api, jp_serverapp: Any, jp_http_port: int) -> Any:
     """The routes filled with a real session and file, and the server's base URL."""
     session = await api.create()
     result = await api.execute(session["id"], "from IPython.display import HTML\nHTML('x')")
-    values = {"session_id": session["id"], "file_id": result["files"][0]["id"]}
+    started = await api.request(
+        "POST", session["id"], "execute", body={"code": "1", "background": True}
+    )
+    values = {
+        "session_id": session["id"],
+        "file_id": result["files"][0]["id"],
+        "execution_id": started.json["id"],
+    }
     routes = [(method, fill(p, values)) for method, p in extension_routes(jp_serverapp.web_app)]
     return routes, f"http://127.0.0.1:{jp_http_port}"
 
 
 def test_every_route_is_in_the_matrix(jp_serverapp: Any) -> None:
     routes = extension_routes(jp_serverapp.web_app)
-    assert len(routes) == 8
+    assert len(routes) == 12
     assert {method for method, _ in routes} == {"GET", "POST", "DELETE"}
 
 
