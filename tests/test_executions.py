@@ -149,8 +149,7 @@ async def test_streamed_output_arrives_while_the_code_runs(api: Api) -> None:
     [
         "print('a')\nimport sys\nprint('b', file=sys.stderr)\n6 * 7",
         "print('before')\n1 / 0",
-        "import matplotlib\nmatplotlib.use('agg')\nimport matplotlib.pyplot as plt\n"
-        "plt.plot([1, 2])\nplt.show()",
+        "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()",
         "from IPython.display import HTML, Markdown, display\ndisplay(HTML('<b>x</b>'))\n"
         "display(Markdown('# hi'))",
         "for i in range(3000):\n    print(i, 'x' * 40)",
