@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -71,7 +72,9 @@ class Recorder:
 
 def test_run_calls_back_while_the_code_runs(executor: JupyterCodeExecutor) -> None:
     recorder = Recorder()
-    code = "import time\nprint('first', flush=True)\ntime.sleep(1.5)\nprint('later', time.time())"
+    code = (
+        "import time\nprint('first', flush=True)\ntime.sleep(1.5)\nprint('later', time.time())"
+    )
     result = executor.run(code, **recorder.callbacks())
     [(first_came, _, first)] = [c for c in recorder.calls if c[2] == "first\n"]
     later_printed = float(recorder.of("on_stdout")[-1].split()[-1])
@@ -102,8 +105,6 @@ def test_run_returns_what_execute_code_blocks_returns(
     def without_paths(text: str) -> str:
         return text.replace(str(tmp_path), "<dir>").replace("Out[", "").replace("In [", "")
 
-    import re
-
     def normal(text: str) -> str:
         return re.sub(r"<dir>/\w+\.", "<file>.", re.sub(r"\d+\]", "]", without_paths(text)))
 
@@ -116,9 +117,11 @@ def test_run_returns_what_execute_code_blocks_returns(
 
 def test_a_display_is_on_disk_when_on_display_runs(executor: JupyterCodeExecutor) -> None:
     seen: list[tuple[Display, list[bool]]] = []
-    result = executor.run(
-        PLOT, on_display=lambda display: seen.append((display, [p.is_file() for p in display.files]))
-    )
+
+    def on_display(display: Display) -> None:
+        seen.append((display, [path.is_file() for path in display.files]))
+
+    result = executor.run(PLOT, on_display=on_display)
     [(display, on_disk)] = seen
     assert on_disk == [True]
     assert display.mime_types[0] == "image/png" or "image/png" in display.mime_types
@@ -189,7 +192,7 @@ def test_a_background_run_outlives_the_process_that_started_it(
         from jupyter_exec_client import JupyterCodeExecutor, JupyterConnectionInfo
         info = JupyterConnectionInfo({info.host!r}, False, {info.port}, token={info.token!r})
         executor = JupyterCodeExecutor(info, output_dir={str(tmp_path)!r})
-        code = "import time\\nfor i in range(6):\\n    print('tick', i, flush=True)\\n    time.sleep(0.2)"
+        code = "import time\\nfor i in range(6):\\n print('tick', i, flush=True)\\n time.sleep(0.2)"
         execution = executor.start(code)
         print(json.dumps([execution.session_id, execution.id]), flush=True)
         os._exit(0)  # gone at once, without deleting anything

@@ -251,6 +251,23 @@ class ExecutorCore:
                     f"Execution {execution_id} is still {model.get('status')} after {timeout:g} s"
                 )
 
+    def follow_execution(
+        self, session_id: str, execution_id: str, callbacks: OutputCallbacks, after: int = 0
+    ) -> KernelFlow[IPythonCodeResult]:
+        """Call back with a background execution's events (after ``after``) until it ends;
+        return its result, its files saved in the output folder."""
+
+        def download(file_id: str) -> KernelFlow[Path]:
+            return self.api.download_file(session_id, file_id, self.output_dir)
+
+        dispatcher = OutputDispatcher(callbacks, download)
+        follower = EventFollower(self.api, session_id, execution_id, after)
+        while (event := (yield from follower.next_event())) is not None:
+            if event["type"] == "done":
+                return (yield from self._code_result(event["result"], dispatcher.saved))
+            yield from dispatcher.handle(event)
+        raise AssertionError("the events ended without done")  # pragma: no cover
+
     def _code_result(
         self, result: dict[str, Any], saved: dict[str, Path]
     ) -> KernelFlow[IPythonCodeResult]:
