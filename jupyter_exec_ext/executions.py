@@ -231,12 +231,10 @@ class Execution:
         """Wait until something happens (an event, the start, the end); False after ``timeout``."""
         if self._news is None:
             self._news = asyncio.get_running_loop().create_future()
-        try:
-            # Shielded: the future is shared by every waiter, and one's timeout is not all's.
-            await asyncio.wait_for(asyncio.shield(self._news), timeout)
-        except TimeoutError:
-            return False
-        return True
+        # asyncio.wait, not wait_for: the future is shared by every waiter, and one's timeout
+        # must not cancel it for all (and it costs no extra task per wait).
+        done, _ = await asyncio.wait({self._news}, timeout=timeout)
+        return bool(done)
 
     async def wait(self, timeout: float) -> None:
         """Wait until the call ended, at most ``timeout`` seconds."""

@@ -277,6 +277,12 @@ class AgentSessionsAPI(JupyterRestAPI):
             raise APIError(200, message) from None
         return _json_object(event)
 
+    def end_stream(self, stream: LineStream) -> Flow[None]:
+        """Read what follows ``done`` (the end of the body), so the connection is kept for
+        the next request instead of being dropped and made anew."""
+        while (yield from self.read_event(stream)) is not None:
+            pass
+
     def _opened_stream(self, request: Request) -> Flow[LineStream]:
         response: Response = yield request
         if response.stream is None:

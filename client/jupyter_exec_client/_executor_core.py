@@ -212,6 +212,7 @@ class ExecutorCore:
                     self.connection_info.base_url, "the stream of events ended before the call"
                 )
             if event["type"] == "done":
+                yield from self.api.end_stream(stream)
                 return dict(event["result"])
             if event["type"] != "heartbeat":
                 yield from dispatcher.handle(event)
@@ -396,6 +397,8 @@ class EventFollower:
                 self.seq = event["seq"]
             if event["type"] == "done":
                 self.finished = True
+                with contextlib.suppress(ServerConnectionError):
+                    yield from self.api.end_stream(self._stream)
             return event
         return None
 

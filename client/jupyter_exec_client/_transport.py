@@ -191,6 +191,8 @@ class _HTTPLineStream:
                 self.url, e, f"the server sent nothing for {timeout:g} s"
             ) from e
         if not line:
+            # Read to its end, the answer lets go of the connection, which is kept.
+            self._response.read()
             self._connection = None
             self._pool.release(connection, self._response)
         return line
