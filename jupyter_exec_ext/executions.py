@@ -110,7 +110,8 @@ class EventLog:
 
     def after(self, seq: int) -> list[dict[str, Any]]:
         """The events whose ``seq`` is greater than ``seq``, a gap marked where text was cut."""
-        events = [event for event in self._head if event["seq"] > seq]
+        # The head holds the first events, so the event of seq n is at index n - 1.
+        events = self._head[seq:]
         if self._omitted_last_seq > seq:
             events.append(
                 {
@@ -315,7 +316,8 @@ class ExecutionRegistry(LoggingConfigurable):
 
     def get(self, session_id: str, execution_id: str) -> Execution:
         """A background execution of the session, or a 404."""
-        execution = self._executions.get(session_id, {}).get(execution_id)
+        kept = self._executions.get(session_id)
+        execution = kept.get(execution_id) if kept is not None else None
         if execution is None:
             raise web.HTTPError(
                 404, f"Execution not found in agent session {session_id}: {execution_id}"
@@ -324,7 +326,8 @@ class ExecutionRegistry(LoggingConfigurable):
 
     def list(self, session_id: str) -> list[Execution]:
         """The session's kept background executions, oldest first."""
-        return list(self._executions.get(session_id, {}).values())
+        kept = self._executions.get(session_id)
+        return list(kept.values()) if kept is not None else []
 
     def cancel_queued(self, execution: Execution) -> bool:
         """Cancel an execution still waiting for its turn (it never runs); False if it runs."""

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from jupyter_exec_ext.executions import EventLog
+
 from .conftest import TEST_DEFAULT_TIMEOUT, Api
 
 pytestmark = pytest.mark.timeout(180)
@@ -455,3 +457,45 @@ async def test_a_large_background_run_keeps_only_head_and_tail_of_its_events(
             after=gap["seq"] - 1,
         )
         assert resumed.outputs == [e for e in replay.outputs if e["seq"] >= gap["seq"]]
+
+
+# -- the event log, on its own -----------------------------------------------------------------
+
+
+def _stream_event(seq: int, text: str) -> dict[str, Any]:
+    return {"type": "stream", "name": "stdout", "text": text, "seq": seq}
+
+
+def test_the_event_log_keeps_head_and_tail_and_marks_the_gap() -> None:
+    log = EventLog(max_chars=1000)
+    for seq in range(1, 101):
+        log.append(_stream_event(seq, f"{seq:049d}\n"))  # 150 of the budget each
+    events = log.after(0)
+    gaps = [e for e in events if e["type"] == "truncated"]
+    assert [e["seq"] for e in events] == [1, 2, 3, gaps[0]["seq"], 98, 99, 100]
+    assert gaps[0]["seq"] == 97
+    assert gaps[0]["omitted_chars"] == 94 * 50  # seq 4 to 97
+    assert log.after(2) == events[2:]
+    assert log.after(97) == events[-3:]
+    assert log.after(100) == []
+    log.full_text_file = "the-file"
+    assert log.after(50)[0] == {**gaps[0], "file": "the-file"}
+
+
+def test_a_live_reader_holds_events_back_until_it_falls_too_far_behind() -> None:
+    log = EventLog(max_chars=1000)
+    reader = log.open_reader(0)
+    for seq in range(1, 101):
+        log.append(_stream_event(seq, "x" * 49 + "\n"))
+    assert [e["seq"] for e in log.after(0)] == list(range(1, 101))  # nothing dropped yet
+    log.advance(reader, 50)
+    assert [e["seq"] for e in log.after(50)] == list(range(51, 101))
+    log.close_reader(reader)
+    assert len(log.after(0)) == 7  # trimmed to the budget once nobody reads
+    stalled = log.open_reader(100)
+    for seq in range(101, 20_101):  # 20,000 x 150 is past the lag limit of a million
+        log.append(_stream_event(seq, "y" * 49 + "\n"))
+    kept = log.after(100)
+    assert kept[0]["type"] == "truncated"
+    assert sum(len(e.get("text") or "") for e in kept) < 1_000_000
+    del stalled

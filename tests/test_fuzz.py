@@ -2,7 +2,8 @@
 
 Every answer must be free of 5xx and match rest-api.yml (status, content type, body schema).
 Half of the generated session ids are swapped for a live session's (and half of the file
-and execution ids then for real ones), so the routes are exercised past their 404s; DELETE keeps its generated ids so the live session survives.
+and execution ids then for real ones), so the routes are exercised past their 404s; DELETE
+keeps its generated ids so the live session survives.
 """
 
 from __future__ import annotations
