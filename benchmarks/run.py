@@ -58,6 +58,12 @@ plt.show()
 """
 PLOT_WARMUP_CODE = "import matplotlib.pyplot as plt\n" + PLOT_CODE
 MEGABYTE = 1_000_000
+#: Calls whose output is 100 MB: the server's memory must not follow.
+HUGE_OUTPUT_CODES = {
+    "print": "print('x' * 100_000_000)",
+    "result": "'x' * 100_000_000",
+    "error": "raise ValueError('x' * 100_000_000)",
+}
 #: Kernels the extension keeps ready by default (``AgentSessionManager.kernel_pool``).
 DEFAULT_POOL_SIZE = 2
 
@@ -68,6 +74,13 @@ SETUP_PARALLELISM = 4
 
 
 # -- settings ------------------------------------------------------------------------------
+
+
+#: Fills a session's working folder with 1,000 small files.
+WORKSPACE_FILES_CODE = (
+    "import os\nos.makedirs('files', exist_ok=True)\n"
+    "for n in range(1000):\n    open(f'files/f{n}.txt', 'w').write('x')"
+)
 
 
 @dataclass(frozen=True)
@@ -252,8 +265,10 @@ class ServerProcess:
         *,
         kernel_pool: dict[str, int] | None = None,
         probe: bool = False,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
-        """Start a server in ``work_dir``; ``kernel_pool=None`` keeps the default pool."""
+        """Start a server in ``work_dir``; ``kernel_pool=None`` keeps the default pool;
+        ``extra_args`` go on its command line."""
         self.sweeper = sweeper
         self.port = free_port()
         self.token = secrets.token_hex(32)
@@ -279,6 +294,7 @@ class ServerProcess:
         ]
         if kernel_pool is not None:
             command.append(f"--AgentSessionManager.kernel_pool={kernel_pool!r}")
+        command.extend(extra_args)
         env = dict(os.environ)
         if probe:
             env["PYTHONPATH"] = os.pathsep.join(
@@ -384,6 +400,45 @@ class ServerProcess:
         self.sweeper.sweep(leftovers)
         self.process.wait()
         self.http.close()
+
+
+class PeakRss:
+    """The growth of a process's peak RSS from now on.
+
+    On Linux, writing 5 to ``/proc/<pid>/clear_refs`` resets the process's RSS high-water
+    mark (``VmHWM``), so the peak is exact; elsewhere a thread samples the RSS every 2 ms.
+    """
+
+    def __init__(self, pid: int) -> None:
+        """Start watching process ``pid``."""
+        self.process = psutil.Process(pid)
+        self.start = self.process.memory_info().rss
+        self._peak = self.start
+        self._stop = threading.Event()
+        self._sampler: threading.Thread | None = None
+        try:
+            Path(f"/proc/{pid}/clear_refs").write_text("5", encoding="ascii")
+            self.how = "VmHWM"
+        except OSError:
+            self.how = "sampling every 2 ms"
+            self._sampler = threading.Thread(target=self._sample, daemon=True)
+            self._sampler.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            with contextlib.suppress(psutil.Error):
+                self._peak = max(self._peak, self.process.memory_info().rss)
+
+    def growth(self) -> int:
+        """Bytes the peak RSS grew by; stops the sampling."""
+        if self._sampler is not None:
+            self._stop.set()
+            self._sampler.join()
+            return self._peak - self.start
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 - self.start
+        raise BenchmarkError("No VmHWM in /proc/<pid>/status")
 
 
 @dataclass
@@ -890,6 +945,7 @@ class Benchmark:
             self.measure_background_memory(session, pooled_server)
         session.close()
         self.measure_pool_creation(pooled_server)
+        self.measure_huge_output_memory(pooled_server)
         pooled_server.stop()
         raw.shutdown()
 
@@ -899,6 +955,8 @@ class Benchmark:
         self.measure_cold_creation(cold_server)
         self.measure_many_sessions(cold_server, stack)
         cold_server.stop()
+        self.measure_workspace_tracking(stack)
+        self.measure_sandbox(stack)
 
     def run_live(self, stack: contextlib.ExitStack) -> None:
         """Only the live-output lines: streamed latency and cost, a big background run."""
@@ -1094,19 +1152,30 @@ class Benchmark:
             "first_call": round(done - executor_ready, 4),
         }
 
+    def _interleaved(
+        self, first: Callable[[], Any], second: Callable[[], Any]
+    ) -> tuple[list[float], list[float]]:
+        """Seconds per call of ``first`` and ``second``, after a warm-up, in alternating
+        blocks (``roundtrip_calls`` each), so that a change of load hits both alike."""
+        settings = self.settings
+        for _ in range(settings.warmup_calls):
+            first()
+            second()
+        first_times: list[float] = []
+        second_times: list[float] = []
+        while len(first_times) < settings.roundtrip_calls:
+            block = min(settings.roundtrip_block, settings.roundtrip_calls - len(first_times))
+            first_times.extend(timed(first) for _ in range(block))
+            second_times.extend(timed(second) for _ in range(block))
+        return first_times, second_times
+
     def measure_roundtrip(self, session: OurSession, raw: RawKernel) -> None:
         """``x=1`` through our path and the floor, interleaved in blocks."""
         settings = self.settings
         progress(f"Round trip of {CALL_CODE!r}: {settings.roundtrip_calls} calls each")
-        for _ in range(settings.warmup_calls):
-            session.run(CALL_CODE)
-            raw.execute(CALL_CODE)
-        ours: list[float] = []
-        floor: list[float] = []
-        while len(ours) < settings.roundtrip_calls:
-            block = min(settings.roundtrip_block, settings.roundtrip_calls - len(ours))
-            ours.extend(timed(lambda: session.run(CALL_CODE)) for _ in range(block))
-            floor.extend(timed(lambda: raw.execute(CALL_CODE)) for _ in range(block))
+        ours, floor = self._interleaved(
+            lambda: session.run(CALL_CODE), lambda: raw.execute(CALL_CODE)
+        )
         ours_ms, floor_ms = milliseconds(ours), milliseconds(floor)
         details = {"ours": summary(ours_ms), "raw": summary(floor_ms)}
         self.add(
@@ -1128,6 +1197,43 @@ class Benchmark:
                 percentile(ours_ms, 0.95),
                 percentile(floor_ms, 0.95),
                 details=details,
+            )
+        )
+
+    def measure_workspace_tracking(self, stack: contextlib.ExitStack) -> None:
+        """``x=1`` in a working folder of 1,000 files, changes tracked against not tracked.
+
+        Two servers, the same but for ``track_workspace_changes``, each with one session
+        whose folder holds 1,000 files; calls alternate between them in blocks.
+        """
+        progress(f"{CALL_CODE!r} in a folder of 1,000 files, change tracking on and off")
+        sessions = []
+        for tracked in (True, False):
+            server = ServerProcess(
+                self.work_dir,
+                self.sweeper,
+                kernel_pool={},
+                extra_args=(f"--AgentSessionManager.track_workspace_changes={tracked}",),
+            )
+            stack.callback(server.stop)
+            session = self.ours.open(server, self.output_dir)
+            stack.callback(session.close)
+            session.run(WORKSPACE_FILES_CODE)
+            sessions.append(session)
+        on, off = sessions
+        tracked_times, untracked_times = self._interleaved(
+            lambda: on.run(CALL_CODE), lambda: off.run(CALL_CODE)
+        )
+        on_ms, off_ms = milliseconds(tracked_times), milliseconds(untracked_times)
+        self.add(
+            Metric(
+                "workspace_tracking",
+                f"{CALL_CODE} with 1,000 files, changes tracked (raw: not tracked)",
+                "ms",
+                statistics.median(on_ms),
+                statistics.median(off_ms),
+                Target("ratio_max", 1.05),
+                {"tracked": summary(on_ms), "untracked": summary(off_ms)},
             )
         )
 
@@ -1202,6 +1308,39 @@ class Benchmark:
                 )
             )
 
+    def measure_huge_output_memory(self, server: ServerProcess) -> None:
+        """The server's peak RSS growth while one call prints, returns or raises 100 MB."""
+        session_id = server.create_session()
+        server.api("POST", f"agent-sessions/{session_id}/execute", json={"code": "1"})
+        for name, code in HUGE_OUTPUT_CODES.items():
+            progress(f"Server memory while a call's {name} is 100 MB")
+            peak = PeakRss(server.pid)
+            started = time.perf_counter()
+            result = server.api(
+                "POST",
+                f"agent-sessions/{session_id}/execute",
+                json={"code": code, "timeout": REQUEST_TIMEOUT},
+            )
+            duration = time.perf_counter() - started
+            [full] = [f for f in result["files"] if f["mime_type"] == "text/plain"]
+            if full["size"] < 100 * MEGABYTE:
+                raise BenchmarkError(f"The whole text of the {name} was not kept: {full}")
+            self.add(
+                Metric(
+                    f"huge_{name}_server_rss",
+                    f"server RSS growth, 100 MB {name}",
+                    "MB",
+                    peak.growth() / 1e6,
+                    target=Target("max", 50.0, "MB"),
+                    details={
+                        "seconds": round(duration, 2),
+                        "output_chars": len(result["output"]),
+                        "peak_measured_by": peak.how,
+                    },
+                )
+            )
+        server.delete_session(session_id)
+
     def measure_pool_creation(self, server: ServerProcess) -> None:
         """Session creation taken from the pool, waiting for the refill before each."""
         count = self.settings.pool_creations
@@ -1261,6 +1400,75 @@ class Benchmark:
                 {"how": "POST /api/agent-sessions", "ours": summary(ours_ms), "raw": summary(floor_ms)},
             )
         )
+
+    def measure_sandbox(self, stack: contextlib.ExitStack) -> None:
+        """Sandboxed sessions against unsandboxed ones: cold creation, and ``x=1``."""
+        if shutil.which("bwrap") is None:
+            progress("Sandbox lines skipped: bubblewrap (bwrap) is not installed")
+            return
+        progress("Starting two servers without a kernel pool: sandboxed and not")
+        plain = ServerProcess(self.work_dir, self.sweeper, kernel_pool={})
+        stack.callback(plain.stop)
+        boxed = ServerProcess(
+            self.work_dir,
+            self.sweeper,
+            kernel_pool={},
+            extra_args=("--AgentSessionManager.sandbox=bubblewrap",),
+        )
+        stack.callback(boxed.stop)
+        if self.ours.description.startswith("REST"):
+            self.ours.check(plain, self.output_dir)
+        count = self.settings.cold_creations
+        progress(f"Cold sessions, sandboxed vs not: {count} each, alternating")
+        samples: dict[str, list[float]] = {"boxed": [], "plain": []}
+        for _ in range(count):
+            for side, server in (("boxed", boxed), ("plain", plain)):
+                session_id = ""
+
+                def create(server: ServerProcess = server) -> None:
+                    nonlocal session_id
+                    session_id = server.create_session()
+
+                samples[side].append(timed(create))
+                server.delete_session(session_id)
+                time.sleep(0.3)
+        boxed_ms, plain_ms = milliseconds(samples["boxed"]), milliseconds(samples["plain"])
+        self.add(
+            Metric(
+                "sandbox_session_cold",
+                "sandboxed cold session vs unsandboxed",
+                "ms",
+                statistics.median(boxed_ms),
+                statistics.median(plain_ms),
+                Target("ratio_max", 1.1),
+                {"ours": summary(boxed_ms), "raw": summary(plain_ms)},
+            )
+        )
+        settings = self.settings
+        progress(f"{CALL_CODE!r} sandboxed vs not: {settings.roundtrip_calls} calls each")
+        boxed_session = self.ours.open(boxed, self.output_dir)
+        stack.callback(boxed_session.close)
+        plain_session = self.ours.open(plain, self.output_dir)
+        stack.callback(plain_session.close)
+        boxed_calls, plain_calls = self._interleaved(
+            lambda: boxed_session.run(CALL_CODE), lambda: plain_session.run(CALL_CODE)
+        )
+        boxed_ms, plain_ms = milliseconds(boxed_calls), milliseconds(plain_calls)
+        self.add(
+            Metric(
+                "sandbox_roundtrip_median",
+                f"{CALL_CODE} sandboxed vs unsandboxed, median",
+                "ms",
+                statistics.median(boxed_ms),
+                statistics.median(plain_ms),
+                Target("ratio_max", 1.05),
+                {"ours": summary(boxed_ms), "raw": summary(plain_ms)},
+            )
+        )
+        boxed_session.close()
+        plain_session.close()
+        boxed.stop()
+        plain.stop()
 
     def measure_many_sessions(self, server: ServerProcess, stack: contextlib.ExitStack) -> None:
         """Memory per session, idle CPU, CPU of one sleeping call, concurrent throughput."""
@@ -1409,6 +1617,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="only the live-output lines (streamed latency and cost, a big background run)",
     )
+    parser.add_argument(
+        "--sandbox-only",
+        action="store_true",
+        help="only the sandbox lines: sandboxed sessions against unsandboxed ones",
+    )
     return parser.parse_args(argv)
 
 
@@ -1433,6 +1646,8 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             if arguments.live_only:
                 benchmark.run_live(stack)
+            elif arguments.sandbox_only:
+                benchmark.measure_sandbox(stack)
             else:
                 benchmark.run(stack)
     finally:

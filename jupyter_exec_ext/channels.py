@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from hmac import compare_digest
 from queue import Empty
 from typing import Any
 
+import zmq
 from jupyter_client.adapter import adapt
 from jupyter_client.session import Session
 from jupyter_server._tz import utcnow
@@ -27,6 +29,12 @@ DIGEST_HISTORY_SIZE = 1024
 #: Messages on IOPub answer one of the last this many requests sent, or they are not queued.
 #: Calls of a session run one at a time, so a handful covers a late answer to a cancelled call.
 _TRACKED_REQUESTS = 16
+
+#: Messages ZMQ queues in the server for one kernel's IOPub before it stops reading the
+#: socket (its default is 1,000 messages, of any size). The kernel helper sends long texts in
+#: pieces of at most 64 KiB and makes the kernel wait instead of dropping, so this bounds what
+#: a kernel that writes faster than the server reads costs the server: 64 x 64 KiB = 4 MiB.
+IOPUB_QUEUE_MESSAGES = 64
 
 
 class ShellRequests:
@@ -63,6 +71,11 @@ class ShellRequests:
     def kernel_info(self) -> str:
         """Send a kernel_info_request and return its msg_id."""
         return self._send_shell("kernel_info_request", {})
+
+
+def _track_every_message(msg_type: str | None) -> bool:
+    """What jupyter_server < 2.15 tracks as kernel activity: every message."""
+    return True
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -151,9 +164,16 @@ class LocalKernelChannels(ShellRequests):
         )
         self._queues = {"shell": ChannelQueue(), "iopub": ChannelQueue()}
         self._requests: deque[str] = deque(maxlen=_TRACKED_REQUESTS)
+        # jupyter_server < 2.15 has no untracked message types: there every message counts
+        # as activity and every status sets the execution state, as its own watcher did.
+        self._tracks: Callable[[str | None], bool] = getattr(
+            kernel_manager, "track_message_type", _track_every_message
+        )
         # One watcher is enough: jupyter_server's would decode every message again.
         kernel_manager.stop_watching_activity(kernel_id)
         self._iopub = self.kernel.connect_iopub()
+        # Applies to the connection made just now too (libzmq >= 4.2 updates its pipes).
+        self._iopub.socket.setsockopt(zmq.RCVHWM, IOPUB_QUEUE_MESSAGES)
         self._shell = self.kernel.connect_shell()
         self._iopub.on_recv(self._on_iopub)
         self._shell.on_recv(self._on_shell)
@@ -212,8 +232,8 @@ class LocalKernelChannels(ShellRequests):
         manager, kernel = self.kernel_manager, self.kernel
         msg_type = msg["header"]["msg_type"]
         parent_type = msg["parent_header"].get("msg_type")
-        tracked = manager.track_message_type(parent_type)
-        if manager.track_message_type(msg_type) or tracked or kernel.execution_state == "busy":
+        tracked = self._tracks(parent_type)
+        if self._tracks(msg_type) or tracked or kernel.execution_state == "busy":
             manager.last_kernel_activity = kernel.last_activity = utcnow()
         if msg_type == "status":
             state = msg["content"].get("execution_state")

@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from typing import Any
+from typing import Any, BinaryIO
+from urllib.parse import quote
 
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
+from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
 from .executions import Execution
 from .manager import AgentSessionManager
 from .spec import validation_error
 from .store import StoredFileChangedError
+from .workspace import OpenedFile, Upload
 
 #: Agent sessions run code in kernels, so an authorizer's rules for kernels govern them too:
 #: a deployment that forbids kernel execution is not opened up by this extension.
@@ -63,11 +66,29 @@ class AgentSessionsAPIHandler(APIHandler):
             # Not vars(type(self)): subclasses (Kernel Gateway's wrappers) inherit the methods.
             allowed = [
                 m.upper()
-                for m in ("get", "post", "delete")
+                for m in ("get", "post", "put", "delete")
                 if getattr(type(self), m) is not getattr(web.RequestHandler, m)
             ]
             self.set_header("Allow", ", ".join(allowed))
         super().write_error(status_code, **kwargs)
+
+    async def send_file(self, handle: BinaryIO, mime_type: str, size: int) -> None:
+        """Send an open file of the kernel's making and close it; in chunks, as files can be
+        hundreds of megabytes."""
+        with handle:
+            self.set_header("Content-Type", mime_type)
+            # HTML and SVG the kernel made: never let a browser run them in the server's
+            # origin, where they could act with the user's credentials.
+            self.set_header("Content-Security-Policy", "sandbox; default-src 'none'")
+            self.set_header("X-Content-Type-Options", "nosniff")
+            self.set_header("Content-Length", str(size))
+            # No more than announced: the kernel may be appending to the file meanwhile.
+            remaining = size
+            while remaining > 0 and (chunk := handle.read(min(_CHUNK_SIZE, remaining))):
+                remaining -= len(chunk)
+                self.write(chunk)
+                await self.flush()
+        self.finish()
 
     def finish_json(self, model: Any, status: int = 200) -> None:
         """Answer with ``model`` as JSON."""
@@ -90,7 +111,7 @@ class SessionsHandler(AgentSessionsAPIHandler):
         """Start a session and answer 201 with its model and Location."""
         body = self.validated_body("CreateSessionRequest", required=False)
         model = await self.agent_session_manager.create_session(
-            kernel_name=body.get("kernel_name"), name=body.get("name")
+            kernel_name=body.get("kernel_name"), name=body.get("name"), env=body.get("env")
         )
         self.set_header(
             "Location", url_path_join(self.base_url, "api/agent-sessions", model["id"])
@@ -243,23 +264,122 @@ class FileHandler(AgentSessionsAPIHandler):
     async def get(self, session_id: str, file_id: str) -> None:
         """Send the file's bytes with its media type."""
         stored = self.agent_session_manager.get_file(session_id, file_id)
-        self.set_header("Content-Type", stored.mime_type)
-        # Captured HTML and SVG are the kernel's output: never let a browser run them in the
-        # server's origin, where they could act with the user's credentials.
-        self.set_header("Content-Security-Policy", "sandbox; default-src 'none'")
-        self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("Content-Length", str(stored.size))
         try:
             # Opened through the store: the kernel may have swapped the file since get_file.
             handle = stored.open()
         except StoredFileChangedError as e:
             raise web.HTTPError(404, f"File not found in agent session {session_id}") from e
-        # In chunks: the full text of a cut output can be hundreds of megabytes.
-        with handle:
-            while chunk := handle.read(_CHUNK_SIZE):
-                self.write(chunk)
-                await self.flush()
+        await self.send_file(handle, stored.mime_type, stored.size)
+
+
+class WorkspaceRootHandler(AgentSessionsAPIHandler):
+    """``/api/agent-sessions/{id}/workspace``: the listing of the session's working folder."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, session_id: str) -> None:
+        """List the working folder."""
+        self.finish_json(self.agent_session_manager.read_workspace(session_id, ""))
+
+
+@web.stream_request_body
+class WorkspaceHandler(AgentSessionsAPIHandler):
+    """``/api/agent-sessions/{id}/workspace/{path}``: a file or folder of the working folder.
+
+    An upload's body is streamed to disk as it arrives (never held in memory), so the
+    checks that come before a body, authentication and the authorizer's, run in
+    :meth:`prepare` for PUT, before the first byte is read.
+    """
+
+    _upload: Upload | None = None
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        """Authenticate (and for PUT, authorize and open the upload) before the body."""
+        await super().prepare()
+        if self.request.method != "PUT" or self._finished:
+            return
+        await self._authorize_upload()  # type: ignore[misc]
+        # The size limit is ours (max_upload_bytes, a clear 413), not the server's: a body
+        # past it is read and dropped rather than cut off with a bare 400.
+        assert isinstance(self.request.connection, HTTP1Connection)
+        self.request.connection.set_max_body_size(1 << 62)
+        declared = self.request.headers.get("Content-Length")
+        self._upload = self.agent_session_manager.start_upload(
+            self.path_kwargs["session_id"],
+            self.path_kwargs["path"],
+            int(declared) if declared and declared.isdigit() else None,
+        )
+
+    @web.authenticated
+    @authorized  # a PUT: the authorizer is asked for "write", as for put()
+    async def _authorize_upload(self) -> None:
+        """Nothing: the decorators make put()'s checks before its body is read."""
+
+    def data_received(self, chunk: bytes) -> None:
+        """Write a piece of an upload; bodies of other requests are ignored."""
+        if self._upload is not None:
+            self._upload.write(chunk)
+
+    @web.authenticated
+    @authorized
+    async def get(self, session_id: str, path: str) -> None:
+        """A file's bytes with its media type, or a folder's listing."""
+        found = self.agent_session_manager.read_workspace(session_id, path)
+        if not isinstance(found, OpenedFile):
+            self.finish_json(found)
+            return
+        # A browser saves the file instead of showing it; a client tells it from a listing.
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        self.set_header("Content-Disposition", f"attachment; filename*=UTF-8''{quote(name)}")
+        await self.send_file(found.handle, found.mime_type, found.size)
+
+    @web.authenticated
+    @authorized
+    async def put(self, session_id: str, path: str) -> None:
+        """Put the uploaded file in place: 201 when it is new, 200 when it replaced one."""
+        assert self._upload is not None
+        upload, self._upload = self._upload, None
+        created, model = self.agent_session_manager.finish_upload(upload)
+        if created:
+            self.set_header(
+                "Location",
+                url_path_join(
+                    self.base_url,
+                    "api/agent-sessions",
+                    quote(session_id, safe=""),
+                    "workspace",
+                    quote(model["path"], safe="/"),
+                ),
+            )
+        self.finish_json(model, status=201 if created else 200)
+
+    @web.authenticated
+    @authorized
+    async def delete(self, session_id: str, path: str) -> None:
+        """Delete a file, or a folder and everything in it."""
+        self.agent_session_manager.delete_workspace_path(session_id, path)
+        self.set_status(204)
         self.finish()
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Errors as JSON; a refused upload also closes the connection.
+
+        Its body may be unread (refused before it came): tornado drops the rest and closes
+        the connection, and the header tells the client not to reuse it.
+        """
+        if self.request.method == "PUT":
+            self.set_header("Connection", "close")
+        super().write_error(status_code, **kwargs)
+
+    def on_finish(self) -> None:
+        """Leave nothing of an upload that did not complete."""
+        if self._upload is not None:
+            self._upload.discard()
+            self._upload = None
+
+    def on_connection_close(self) -> None:
+        """An upload broken off leaves no file."""
+        self.on_finish()
 
 
 # -- background executions ----------------------------------------------------------------
@@ -343,6 +463,8 @@ default_handlers: list[tuple[str, type[AgentSessionsAPIHandler]]] = [
     (rf"/api/agent-sessions/{_SESSION_ID}/interrupt", InterruptHandler),
     (rf"/api/agent-sessions/{_SESSION_ID}/restart", RestartHandler),
     (rf"/api/agent-sessions/{_SESSION_ID}/files/(?P<file_id>[^/]+)", FileHandler),
+    (rf"/api/agent-sessions/{_SESSION_ID}/workspace/?", WorkspaceRootHandler),
+    (rf"/api/agent-sessions/{_SESSION_ID}/workspace/(?P<path>.+)", WorkspaceHandler),
     (rf"/api/agent-sessions/{_SESSION_ID}/executions/?", ExecutionsHandler),
     (rf"/api/agent-sessions/{_SESSION_ID}/executions/{_EXECUTION_ID}/?", ExecutionHandler),
     (

@@ -262,7 +262,7 @@ class KernelConnection:
                 break
             if msg_type == "execute_input":
                 execution_count = content.get("execution_count")
-            capture.handle(msg_type, content)
+            capture.handle(msg_type, content, msg.get("metadata"))
         reply = await self._drain_shell((msg_id,)) or {}
         execution_count = reply.get("execution_count", execution_count)
         exited = False
@@ -290,9 +290,32 @@ class KernelConnection:
         if outcome.status != "ok":
             self._setup_failed(capture.result(outcome.status, None)["output"])
 
+    def update_env(self, env: dict[str, str]) -> None:
+        """Add ``env`` to the environment the kernel's process gets at its next restart.
+
+        Kernel managers without ``update_env`` (jupyter_client < 8.5) keep theirs; the
+        session's set-up code still sets the variables after each restart.
+        """
+        update = getattr(self._kernel, "update_env", None)
+        if update is not None:
+            update(env=env)
+
     async def interrupt(self) -> None:
         """Interrupt the kernel (SIGINT, or an interrupt request for message-mode kernels)."""
         await ensure_async(self.kernel_manager.interrupt_kernel(self.kernel_id))
+
+    @property
+    def provisioner(self) -> Any:
+        """The provisioner of the kernel, None where there is none (a gateway's kernels)."""
+        try:
+            return getattr(self._kernel, "provisioner", None)
+        except KeyError:  # the kernel manager forgot the kernel: it was shut down
+            return None
+
+    def memory_limit_hit(self) -> bool:
+        """Whether the kernel's sandbox killed a process of it for its memory limit."""
+        check = getattr(self.provisioner, "memory_limit_hit", None)
+        return bool(check()) if callable(check) else False
 
     async def _alive_while_waiting(self) -> bool:
         """Whether the kernel is alive, asked while a call waits and no message comes.

@@ -14,13 +14,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from jupyter_server.utils import url_path_join
-from kernel_gateway.jupyter_websocket import JupyterWebsocketPersonality
-from kernel_gateway.mixins import CORSMixin, TokenAuthorizationMixin
-from traitlets import Type
+from .requirements import check_requirements
 
-from .handlers import AgentSessionsAPIHandler, default_handlers
-from .manager import AgentSessionManager
+# Before the gateway's modules are imported: a gateway too old (or missing) is refused with
+# the versions it needs, and the gateway does not start.
+check_requirements("kernel-gateway", what="jupyter_exec_ext.kernel_gateway")
+
+from jupyter_server.utils import url_path_join  # noqa: E402
+from kernel_gateway.jupyter_websocket import JupyterWebsocketPersonality  # noqa: E402
+from kernel_gateway.mixins import CORSMixin, TokenAuthorizationMixin  # noqa: E402
+from traitlets import Type  # noqa: E402
+
+from .handlers import AgentSessionsAPIHandler, default_handlers  # noqa: E402
+from .manager import AgentSessionManager  # noqa: E402
 
 
 class GatewayHandlerMixin(TokenAuthorizationMixin, CORSMixin):  # type: ignore[misc]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import re
 import shutil
 import tempfile
@@ -12,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from jupyter_client.provisioning.factory import KernelProvisionerFactory
 from jupyter_core.utils import ensure_async
 from jupyter_server.services.contents.filemanager import (
     AsyncFileContentsManager,
@@ -20,22 +22,39 @@ from jupyter_server.services.contents.filemanager import (
 from jupyter_server.utils import url_path_join
 from tornado import web
 from tornado.ioloop import PeriodicCallback
-from traitlets import Bool, Dict, Float, Integer, Type, Unicode, default
+from traitlets import Bool, Dict, Enum, Float, Integer, List, Type, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 import kernel_helper
 
+from .changes import WorkspaceChanges
 from .executions import Execution, ExecutionRegistry
 from .gateway import GatewayKernelConnection, is_gateway_kernel_manager, kernel_spec_from_model
 from .kernel import KernelConnection, KernelDied
 from .pool import KernelPool
+from .sandbox import (
+    LAUNCH_ARGUMENT,
+    PROVISIONER_NAME,
+    SANDBOX_WORKING_DIR,
+    SandboxError,
+    SandboxOptions,
+    check_bubblewrap,
+)
 from .session import AgentSession, SessionClosedError, utcnow
 from .store import OutputStore, StoredFile
 from .transcript import Transcript
+from .workspace import UPLOAD_PREFIX, OpenedFile, Upload, Workspace, entry_model
 
 #: Session names become folder names, so they are kept to a safe, portable alphabet.
 SESSION_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
+
+#: Names of environment variables, as POSIX shells accept them.
+ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Variables the interpreter or the dynamic loader read when a process starts: setting them
+#: in a pooled kernel that is already running would not do what they say, so a session with
+#: one of them starts a kernel of its own.
+_START_ONLY_ENV_PREFIXES = ("PYTHON", "LD_", "DYLD_")
 
 #: Tries to start a session's kernel: one more when a kernel dies while starting.
 _KERNEL_START_ATTEMPTS = 2
@@ -152,7 +171,8 @@ class AgentSessionManager(LoggingConfigurable):
         config=True,
         help="Bytes of data memory each session's (Python) kernel may use. Code that goes "
         "past it gets a 'memory limit' result and the session a fresh kernel; the server and "
-        "other sessions are unaffected. 0 means no limit.",
+        "other sessions are unaffected. A sandboxed kernel is also held to it with all its "
+        "processes and its /tmp (a cgroup limit). 0 means no limit.",
     )
 
     cull_idle_timeout = Float(
@@ -172,6 +192,86 @@ class AgentSessionManager(LoggingConfigurable):
         60.0,
         config=True,
         help="Seconds to wait for a new kernel to answer before giving up.",
+    )
+
+    max_env_vars = Integer(
+        100,
+        config=True,
+        help="Most environment variables a session may be created with ('env'); more answers "
+        "400. 0 means no limit.",
+    )
+
+    max_env_bytes = Integer(
+        65_536,
+        config=True,
+        help="Most bytes (UTF-8) of a session's environment variables, names and values "
+        "together; more answers 400, naming the variable that went past it. 0 means no limit.",
+    )
+
+    max_upload_bytes = Integer(
+        1 << 30,
+        config=True,
+        help="Most bytes one upload into a session's workspace (PUT) may have; a bigger one "
+        "answers 413 and leaves no file behind. 0 means no limit.",
+    )
+
+    track_workspace_changes = Bool(
+        True,
+        config=True,
+        help="List in each execution result the files the call created, modified or deleted "
+        "in the session's working folder ('workspace_changes'). False leaves the list empty.",
+    )
+
+    max_workspace_entries = Integer(
+        10_000,
+        config=True,
+        help="Most entries of a working folder looked at per call to find what it changed, "
+        "and listed per folder by the workspace API. Past it the call's changes are cut "
+        "(the result says so) and a listing is marked truncated. 0 means no limit.",
+    )
+
+    sandbox = Enum(
+        ["none", "bubblewrap"],
+        default_value="none",
+        config=True,
+        help="How session kernels are isolated. 'none': they run as the server's user and see "
+        "what it sees (its files, environment, network). 'bubblewrap': each runs in a "
+        "bubblewrap sandbox that sees only its own working folder (read-write), the system and "
+        "Python read-only, a private /tmp and /proc, no network unless sandbox_network, with "
+        "limits. When the sandbox cannot be made, creating a session fails (500) and no kernel "
+        "runs unsandboxed.",
+    )
+
+    sandbox_network = Bool(
+        False,
+        config=True,
+        help="Let sandboxed kernels use the server's network (loopback included: the server's "
+        "own port). False: a network namespace with only its own loopback.",
+    )
+
+    sandbox_cpu_limit = Float(
+        0.0,
+        min=0.0,
+        config=True,
+        help="CPU cores each sandboxed kernel may use (1.5 = one and a half), with all its "
+        "processes; needs writable cgroups. 0 means no limit.",
+    )
+
+    sandbox_process_limit = Integer(
+        512,
+        min=0,
+        config=True,
+        help="Processes and threads each sandboxed kernel may run at once, itself included "
+        "(a fork bomb stops there). A cgroup limit; where cgroups are not writable, a per-user "
+        "rlimit that does not bind root. 0 means no limit.",
+    )
+
+    sandbox_read_only_paths = List(
+        Unicode(),
+        config=True,
+        help="More host paths sandboxed kernels see read-only, at the same place (data sets, "
+        "another Python environment). The system (/usr, /etc) and the kernel's Python "
+        "environment are always there.",
     )
 
     kernel_connection_class = Type(
@@ -222,6 +322,11 @@ class AgentSessionManager(LoggingConfigurable):
         self._cull_task: asyncio.Future[None] | None = None
         #: Streamed and background executions; its settings are ``c.ExecutionRegistry.*``.
         self.executions = ExecutionRegistry(parent=self, log=self.log)
+        self._sandbox_checked = False
+        self._sandbox_kernels_dir: Path | None = None
+        # Working folders of pooled sandboxed kernels, one per kernel: a session that takes
+        # the kernel renames its folder to the session's (the sandbox's bind follows it).
+        self._pool_folders: Path | None = None
 
     # -- lookups -------------------------------------------------------------------------
 
@@ -246,6 +351,65 @@ class AgentSessionManager(LoggingConfigurable):
         if stored is None:
             raise web.HTTPError(404, f"File not found in agent session {session_id}: {file_id}")
         return stored
+
+    # -- the workspace -------------------------------------------------------------------
+
+    def _workspace(self, session_id: str) -> Workspace:
+        session = self._check_session(session_id)
+        return Workspace(session.working_dir, session.name)
+
+    def read_workspace(self, session_id: str, path: str) -> dict[str, Any] | OpenedFile:
+        """A folder's listing or an open file of the session's working folder, or a 4xx."""
+        return self._workspace(session_id).read(path, self.max_workspace_entries)
+
+    def start_upload(self, session_id: str, path: str, declared_size: int | None) -> Upload:
+        """Begin an upload into the session's working folder; 413 when it is too large."""
+        workspace = self._workspace(session_id)
+        if self.max_upload_bytes and declared_size is not None:
+            self._check_upload_size(declared_size)
+        return workspace.start_upload(path, self.max_upload_bytes)
+
+    def finish_upload(self, upload: Upload) -> tuple[bool, dict[str, Any]]:
+        """Put a complete upload in place: whether the file is new, and its listing model."""
+        if upload.too_large:
+            upload.discard()
+            self._check_upload_size(upload.size)
+        created = upload.commit()
+        return created, entry_model(upload.relative, upload.target.lstat())
+
+    def _check_upload_size(self, size: int) -> None:
+        if size > self.max_upload_bytes:
+            raise web.HTTPError(
+                413,
+                f"The upload is {size} bytes or more; this server accepts at most "
+                f"{self.max_upload_bytes} bytes per file",
+            )
+
+    def delete_workspace_path(self, session_id: str, path: str) -> None:
+        """Delete a file or folder of the session's working folder."""
+        self._workspace(session_id).delete(path)
+
+    def _track_changes(self, session: AgentSession) -> WorkspaceChanges | None:
+        """The tracker of what the session's calls write, or None when that is off."""
+        if not self.track_workspace_changes:
+            return None
+        transcript = None
+        if session.transcript is not None:
+            transcript = PurePosixPath(session.transcript.path).name
+
+        def ignore(relative: str) -> bool:
+            # The server's own writes: the transcript (and its temporary files), uploads
+            # in progress, Jupyter's checkpoints.
+            name = relative.rsplit("/", 1)[-1]
+            if name.startswith(UPLOAD_PREFIX) or relative.startswith(".ipynb_checkpoints/"):
+                return True
+            return transcript is not None and (
+                relative == transcript or relative.startswith(f".{transcript}.")
+            )
+
+        changes = WorkspaceChanges(session.working_dir, self.max_workspace_entries, ignore)
+        changes.start()
+        return changes
 
     @property
     def working_root(self) -> Path:
@@ -295,9 +459,13 @@ class AgentSessionManager(LoggingConfigurable):
         return self._pool.kernel_ids() if self._pool else set()
 
     async def create_session(
-        self, kernel_name: str | None = None, name: str | None = None
+        self,
+        kernel_name: str | None = None,
+        name: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Start a session with a kernel of its own and return its model."""
+        """Start a session with a kernel of its own (``env`` added to its environment) and
+        return its model."""
         if (
             self.max_sessions
             and len(self._sessions) + len(self._reserved_names) >= self.max_sessions
@@ -310,6 +478,8 @@ class AgentSessionManager(LoggingConfigurable):
         session_id = str(uuid.uuid4())
         name = name if name is not None else f"session-{session_id[:8]}"
         self._check_name(name)
+        env = dict(env or {})
+        self._check_env(env)
         kernel_name = kernel_name or self.kernel_manager.default_kernel_name
         spec = await self._kernel_spec(kernel_name)
         working_dir = self.working_root / name
@@ -317,7 +487,7 @@ class AgentSessionManager(LoggingConfigurable):
         try:
             working_dir.mkdir(parents=True, exist_ok=True)
             connection = await self._start_kernel(
-                kernel_name, working_dir, python=_runs_python(spec)
+                kernel_name, working_dir, python=_runs_python(spec), env=env
             )
             store = self._new_store(session_id)
             session = AgentSession(
@@ -330,11 +500,13 @@ class AgentSessionManager(LoggingConfigurable):
                 memory_limit=self.kernel_memory_limit,
                 interrupt_grace=self.interrupt_grace,
                 log=self.log,
+                env=env,
             )
             try:
                 session.transcript = await self._start_transcript(
                     session, working_dir, kernel_name, spec, store
                 )
+                session.changes = self._track_changes(session)
             except BaseException:
                 await session.close()
                 raise
@@ -445,6 +617,11 @@ class AgentSessionManager(LoggingConfigurable):
         )
         if self._owns_store_root and self._store_root is not None:
             shutil.rmtree(self._store_root, ignore_errors=True)
+        if self._sandbox_kernels_dir is not None:
+            shutil.rmtree(self._sandbox_kernels_dir, ignore_errors=True)
+        if self._pool_folders is not None:
+            # Pooled sandboxed kernels' folders (empty: no session's code ran in them).
+            shutil.rmtree(self._pool_folders, ignore_errors=True)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -457,6 +634,35 @@ class AgentSessionManager(LoggingConfigurable):
             )
         if name in self._reserved_names or any(s.name == name for s in self._sessions.values()):
             raise web.HTTPError(409, f"An agent session named {name!r} already exists")
+
+    def _check_env(self, env: dict[str, str]) -> None:
+        """A 400 naming the first variable that is invalid or goes past a limit."""
+        if self.max_env_vars and len(env) > self.max_env_vars:
+            raise web.HTTPError(
+                400,
+                f"env has {len(env)} variables; this server accepts at most {self.max_env_vars}",
+            )
+        total = 0
+        for variable, value in env.items():
+            if not isinstance(variable, str) or not ENV_NAME_PATTERN.match(variable):
+                raise web.HTTPError(
+                    400,
+                    f"Invalid environment variable name {variable!r}: use letters, digits and "
+                    "'_', not starting with a digit",
+                )
+            if not isinstance(value, str):
+                raise web.HTTPError(
+                    400, f"env.{variable}: the value must be a string, not {type(value).__name__}"
+                )
+            if "\x00" in value:
+                raise web.HTTPError(400, f"env.{variable}: the value contains a NUL character")
+            total += len(variable.encode()) + len(value.encode("utf-8", "surrogatepass"))
+            if self.max_env_bytes and total > self.max_env_bytes:
+                raise web.HTTPError(
+                    400,
+                    f"env.{variable}: the environment goes past this server's limit of "
+                    f"{self.max_env_bytes} bytes (names and values together)",
+                )
 
     async def _kernel_spec(self, kernel_name: str) -> Any:
         """The kernel spec of that name, or a 400 that lists the kernels there are."""
@@ -474,19 +680,33 @@ class AgentSessionManager(LoggingConfigurable):
         return kernel_spec_from_model(spec) if isinstance(spec, dict) else spec
 
     async def _start_kernel(
-        self, kernel_name: str, working_dir: Path, *, python: bool
+        self, kernel_name: str, working_dir: Path, *, python: bool, env: dict[str, str]
     ) -> KernelConnection:
         """A kernel for a new session, with the kernel helper loaded for ``working_dir`` when
         it runs Python: from the pool when one is ready, else a new one.
 
-        A new kernel loads the helper while it starts. A pooled one has it loaded already, and
-        only applies the session's folder and memory limit.
+        A new kernel loads the helper while it starts, and has ``env`` in its environment from
+        its first instruction (on top of the server's, or sandboxed, of a short allowlist). A
+        pooled one has the helper loaded already, and only applies the session's folder,
+        memory limit and ``env`` (before the session's first call). ``env`` also goes into the
+        set-up code run after every restart: a gateway passes only some variables
+        (``KERNEL_*``) to the kernels it starts.
         """
-        setup_code = self._helper_code(working_dir) if python else None
-        if self._pool is not None:
-            connection = await self._take_pooled_kernel(kernel_name, working_dir, setup_code)
+        setup_code = self._helper_code(working_dir, env) if python else None
+        # A sandbox's environment is fixed when it starts: a session with its own starts cold.
+        poolable = self._may_pool(env, python=python) and (self.sandbox == "none" or not env)
+        if self._pool is not None and poolable:
+            connection = await self._take_pooled_kernel(kernel_name, working_dir, env, setup_code)
             if connection is not None:
                 return connection
+        launch = self._kernel_path_kwargs(working_dir)
+        try:
+            if self.sandbox != "none":
+                launch[LAUNCH_ARGUMENT] = await self._sandbox_options(kernel_name, working_dir, env)
+            elif env:
+                launch["env"] = {**os.environ, **env}
+        except SandboxError as e:
+            raise self._no_sandbox(e) from e
         attempts_left = _KERNEL_START_ATTEMPTS
         while True:
             attempts_left -= 1
@@ -497,8 +717,10 @@ class AgentSessionManager(LoggingConfigurable):
                     self.log,
                     timeout=self.kernel_start_timeout,
                     setup_code=setup_code,
-                    **self._kernel_path_kwargs(working_dir),
+                    **launch,
                 )
+            except SandboxError as e:
+                raise self._no_sandbox(e) from e
             except (KernelDied, TimeoutError) as e:
                 # Jupyter picks a kernel's ports before the kernel binds them, so kernels
                 # started at the same moment can collide ("Address already in use") and die:
@@ -509,17 +731,40 @@ class AgentSessionManager(LoggingConfigurable):
                     ) from e
                 self.log.warning("%s; starting another %s kernel", e, kernel_name)
 
+    @staticmethod
+    def _may_pool(env: dict[str, str], *, python: bool) -> bool:
+        """Whether a pooled kernel can serve a session with ``env`` exactly.
+
+        A running Python kernel takes new variables into ``os.environ`` (and so into every
+        process it starts); variables read only when a process starts, and kernels that
+        cannot run our set-up code, need a kernel started with them.
+        """
+        if not env:
+            return True
+        return python and not any(name.startswith(_START_ONLY_ENV_PREFIXES) for name in env)
+
     async def _take_pooled_kernel(
-        self, kernel_name: str, working_dir: Path, setup_code: str | None
+        self,
+        kernel_name: str,
+        working_dir: Path,
+        env: dict[str, str],
+        setup_code: str | None,
     ) -> KernelConnection | None:
-        """A kernel from the pool set up for ``working_dir``, or None when none is ready."""
+        """A kernel from the pool set up for ``working_dir`` and ``env``, or None when none
+        is ready."""
         assert self._pool is not None
         try:
             connection = await self._pool.take(kernel_name)
+            if connection is not None and not self._move_pooled_folder(connection, working_dir):
+                self._pool.put_back(kernel_name, connection)
+                return None
+            if connection is not None and env:
+                # Restarts start the process with the session's variables too.
+                connection.update_env(env)
             if connection is not None and setup_code is not None:
                 try:
                     await connection.set_up(
-                        setup_code, run_now=self._helper_code(working_dir, embed=False)
+                        setup_code, run_now=self._helper_code(working_dir, env, embed=False)
                     )
                 except BaseException:
                     await connection.discard()
@@ -533,18 +778,114 @@ class AgentSessionManager(LoggingConfigurable):
     async def _start_pooled_kernel(self, kernel_name: str) -> KernelConnection:
         """Start a kernel for the pool, with the kernel helper already loaded."""
         python = _runs_python(await self._kernel_spec(kernel_name))
+        launch: dict[str, Any] = {}
+        if self.sandbox != "none":
+            # A sandbox's folders are fixed when it starts: this kernel gets a folder of its
+            # own, renamed to its session's folder when a session takes it.
+            if self._pool_folders is None:
+                self.working_root.mkdir(parents=True, exist_ok=True)
+                self._pool_folders = Path(
+                    tempfile.mkdtemp(dir=self.working_root, prefix=".jupyter-exec-pool-")
+                )
+            folder = Path(tempfile.mkdtemp(dir=self._pool_folders))
+            launch[LAUNCH_ARGUMENT] = await self._sandbox_options(kernel_name, folder, None)
+        else:
+            # Given explicitly (the same as the default) so that a session taking the kernel
+            # can add its variables for the kernel's restarts (KernelManager.update_env).
+            launch["env"] = dict(os.environ)
         return await self.kernel_connection_class.start(
             self.kernel_manager,
             kernel_name,
             self.log,
             timeout=self.kernel_start_timeout,
             setup_code=kernel_helper.setup_code() if python else None,
+            **launch,
         )
 
-    def _helper_code(self, working_dir: Path, *, embed: bool = True) -> str:
-        """The kernel helper's set-up code for a session working in ``working_dir``."""
-        return kernel_helper.setup_code(
-            str(working_dir), memory_limit=self.kernel_memory_limit or None, embed=embed
+    def _move_pooled_folder(self, connection: KernelConnection, working_dir: Path) -> bool:
+        """Give a pooled sandboxed kernel the session's folder; False when it cannot have it.
+
+        The sandbox sees the folder it was started with, whatever its name: renaming it to
+        the session's folder (an empty folder is replaced) gives the kernel that folder. A
+        session folder with files in it (a new session of an earlier one's name) cannot be.
+        """
+        options = getattr(connection.provisioner, "options", None)
+        if not isinstance(options, SandboxOptions):
+            return self.sandbox == "none"
+        try:
+            os.rename(options.working_dir, working_dir)
+        except OSError:
+            return False
+        # Restarts bind the folder from here on.
+        options.working_dir = working_dir
+        return True
+
+    def _helper_code(
+        self, working_dir: Path, env: dict[str, str], *, embed: bool = True
+    ) -> str:
+        """The kernel helper's set-up code for a session working in ``working_dir``, then
+        ``env`` put into the kernel's ``os.environ``."""
+        # A sandboxed kernel sees its working folder at one place, whatever it is on the host.
+        folder = SANDBOX_WORKING_DIR if self.sandbox != "none" else str(working_dir)
+        code = kernel_helper.setup_code(
+            folder, memory_limit=self.kernel_memory_limit or None, embed=embed
+        )
+        if env:
+            # A dict of str is its own Python literal.
+            code += f"\n__import__('os').environ.update({env!r})\n"
+        return code
+
+    async def _sandbox_options(
+        self, kernel_name: str, working_dir: Path, env: dict[str, str] | None
+    ) -> SandboxOptions:
+        """The sandbox of a new kernel, after checking that one can be made at all.
+
+        Raises SandboxError, so that nothing runs unsandboxed by surprise, when kernels run on
+        a gateway, when the kernel spec names a provisioner of its own, or when bubblewrap is
+        missing or cannot make namespaces here.
+        """
+        if is_gateway_kernel_manager(self.kernel_manager):
+            raise SandboxError("kernels run on a gateway (--gateway-url), not on this machine")
+        spec = await self._kernel_spec(kernel_name)
+        named = (getattr(spec, "metadata", None) or {}).get("kernel_provisioner", {})
+        if named.get("provisioner_name", PROVISIONER_NAME) != PROVISIONER_NAME:
+            raise SandboxError(
+                f"the kernel spec {kernel_name!r} names its own provisioner "
+                f"{named['provisioner_name']!r}, which does not sandbox"
+            )
+        factory = KernelProvisionerFactory.instance(parent=self.kernel_manager)
+        if factory.default_provisioner_name not in ("local-provisioner", PROVISIONER_NAME):
+            raise SandboxError(
+                "KernelProvisionerFactory.default_provisioner_name is set to "
+                f"{factory.default_provisioner_name!r}, which does not sandbox"
+            )
+        # Kernel specs without a provisioner of their own get ours, which starts kernels
+        # without the sandbox argument (JupyterLab's) exactly as the local provisioner does.
+        factory.default_provisioner_name = PROVISIONER_NAME
+        if not self._sandbox_checked:
+            await check_bubblewrap()
+            self._sandbox_checked = True
+        if self._sandbox_kernels_dir is None:
+            # Short: the kernel's unix sockets live there (at most 108 bytes a path).
+            self._sandbox_kernels_dir = Path(tempfile.mkdtemp(prefix="jx-"))
+        hidden = [str(self.root_dir), self.output_store_dir]
+        return SandboxOptions(
+            working_dir=working_dir,
+            kernels_dir=self._sandbox_kernels_dir,
+            network=self.sandbox_network,
+            memory_limit=self.kernel_memory_limit,
+            cpu_limit=self.sandbox_cpu_limit,
+            process_limit=self.sandbox_process_limit,
+            read_only_paths=tuple(self.sandbox_read_only_paths),
+            hidden_paths=tuple(path for path in hidden if path),
+            env=dict(env or {}),
+        )
+
+    @staticmethod
+    def _no_sandbox(error: SandboxError) -> web.HTTPError:
+        """The answer when a session's sandbox cannot be made (a server problem: 500)."""
+        return web.HTTPError(
+            500, f"The session's kernel was not started, as its sandbox cannot be made: {error}"
         )
 
     def _kernel_path_kwargs(self, working_dir: Path) -> dict[str, Any]:

@@ -67,6 +67,15 @@ class KernelPool:
             await connection.discard()
         return None
 
+    def put_back(self, kernel_name: str, connection: KernelConnection) -> None:
+        """Return a kernel that :meth:`take` gave out but that was not used, first in line."""
+        if self._closed or kernel_name not in self._ready:
+            task = asyncio.ensure_future(connection.discard())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        self._ready[kernel_name].insert(0, connection)
+
     async def _start_one(self, kernel_name: str) -> None:
         try:
             connection = await self._start_kernel(kernel_name)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .capture import OutputCapture
+from .changes import WorkspaceChanges
 from .kernel import KernelConnection, KernelDied, Outcome
 from .store import OutputStore
 from .transcript import Transcript
@@ -50,8 +51,14 @@ class AgentSession:
         log: logging.Logger,
         transcript: Transcript | None = None,
         memory_limit: int = 0,
+        env: dict[str, str] | None = None,
+        changes: WorkspaceChanges | None = None,
     ) -> None:
-        """Wrap a started kernel ``connection`` that has the kernel helper loaded."""
+        """Wrap a started kernel ``connection`` that has the kernel helper loaded.
+
+        ``env`` is what the session's kernel was given (only its names are ever shown);
+        ``changes`` tracks what calls write in ``working_dir`` (None: not tracked).
+        """
         self.id = session_id
         self.name = name
         self.kernel_name = kernel_name
@@ -62,6 +69,8 @@ class AgentSession:
         self.log = log
         self.transcript = transcript
         self.memory_limit = memory_limit
+        self.env = dict(env or {})
+        self.changes = changes
         self.created = self.last_activity = utcnow()
         self.execution_count = 0
         self.status = "idle"
@@ -85,6 +94,8 @@ class AgentSession:
             "last_activity": isoformat(self.last_activity),
             "execution_count": self.execution_count,
             "transcript_path": self.transcript.path if self.transcript else None,
+            # Names only: values are secrets (API keys) as often as not.
+            "env_keys": sorted(self.env),
         }
 
     async def execute(
@@ -109,6 +120,8 @@ class AgentSession:
             self.status = "busy"
             self.last_activity = utcnow()
             capture = OutputCapture(self.store, max_chars, listener=on_output)
+            if self.changes is not None:
+                self.changes.begin_call()
             try:
                 outcome = await self._execute(code, timeout, capture)
             except asyncio.CancelledError:
@@ -122,10 +135,24 @@ class AgentSession:
                     self.status = "idle"
             if outcome.execution_count is not None:
                 self.execution_count = outcome.execution_count
+            workspace_changes = self._workspace_changes(capture)
             result = capture.result(outcome.status, outcome.execution_count)
+            result["workspace_changes"] = workspace_changes
             if self.transcript is not None:
                 self.transcript.append(code, result)
             return result
+
+    def _workspace_changes(self, capture: OutputCapture) -> list[dict[str, Any]]:
+        """The files the call created, modified or deleted; a note when the list is cut."""
+        if self.changes is None:
+            return []
+        changes = self.changes.end_call()
+        if self.changes.truncated:
+            capture.add_note(
+                f"The working folder has more than {self.changes.max_entries} entries to look "
+                "at: workspace_changes lists only some of what this call changed."
+            )
+        return changes
 
     async def _execute(self, code: str, timeout: float, capture: OutputCapture) -> Outcome:
         if self.connection.unresponsive:
@@ -144,8 +171,10 @@ class AgentSession:
             code, capture, timeout, interrupt_grace=self.interrupt_grace
         )
         if outcome.status == "timeout":
+            # "Timeout" first: AutoGen's executor says it, and agents written for it look for it.
             message = (
-                f"Execution exceeded the timeout of {timeout:g} s and the kernel was interrupted."
+                f"Timeout: execution exceeded the timeout of {timeout:g} s and the kernel was "
+                "interrupted."
             )
             if outcome.unresponsive:
                 message += (
@@ -161,6 +190,10 @@ class AgentSession:
                 "evalue": message,
                 "traceback": capture.error["traceback"] if capture.error else [],
             }
+        elif outcome.status == "dead" and not self._closed and self.connection.memory_limit_hit():
+            # The sandbox's cgroup killed the kernel: the same answer as a MemoryError.
+            await self._memory_limit_reached(capture)
+            return Outcome("error", outcome.execution_count)
         elif outcome.status == "dead":
             if self._closed:
                 message = "The session was deleted while this call ran."
@@ -184,13 +217,23 @@ class AgentSession:
             await self._recover()
         elif self.memory_limit and capture.error and capture.error["ename"] == "MemoryError":
             # Past the limit the kernel may be left in a half-allocated state: start afresh.
-            await self._recover()
-            capture.add_note(
-                f"Memory limit reached: the code needed more than the session's limit of "
-                f"{self.memory_limit} bytes. A new kernel was started and the session's earlier "
-                "state (variables, imports) is lost."
-            )
+            await self._memory_limit_reached(capture)
         return outcome
+
+    async def _memory_limit_reached(self, capture: OutputCapture) -> None:
+        """Start a fresh kernel and say why: the code went past the memory limit."""
+        await self._recover()
+        capture.add_note(
+            f"Memory limit reached: the code needed more than the session's limit of "
+            f"{self.memory_limit} bytes. A new kernel was started and the session's earlier "
+            "state (variables, imports) is lost."
+        )
+        if capture.error is None:
+            capture.error = {
+                "ename": "MemoryError",
+                "evalue": f"memory limit of {self.memory_limit} bytes reached",
+                "traceback": [],
+            }
 
     async def _recover(self) -> None:
         """Start a fresh kernel in place of a dead or stuck one."""
@@ -233,4 +276,6 @@ class AgentSession:
                 # The transcript reads images from the store: finish it first.
                 await self.transcript.flush()
             self.store.remove_all()
+            if self.changes is not None:
+                self.changes.close()
             self.status = "dead"

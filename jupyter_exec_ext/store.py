@@ -10,7 +10,7 @@ import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import Any, BinaryIO
 
 #: File ids are url-safe tokens we make ourselves; anything else cannot name a stored file.
 FILE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
@@ -140,25 +140,29 @@ class OutputStore:
             status = os.fstat(handle.fileno())
         return self._register(file_id, mime_type, path, status)
 
-    def open_text(self) -> tuple[str, IO[str]]:
-        """Open a new text file to be written in pieces; call :meth:`finish_text` when done."""
-        file_id, path = self._new_path("text/plain")
-        return file_id, open(_create(path), "w", encoding="utf-8")
+    def open_text(self) -> TextWriter:
+        """Open a new text file to be written in pieces; call :meth:`finish_text` when done.
 
-    def finish_text(self, file_id: str, handle: IO[str]) -> StoredFile:
-        """Close a file opened by :meth:`open_text` and register it; StoreFullError past the cap."""
+        Its bytes count against the cap as they are written, so the cap holds while it grows.
+        """
+        file_id, path = self._new_path("text/plain")
+        return TextWriter(self, file_id, path, open(_create(path), "wb"))
+
+    def finish_text(self, writer: TextWriter) -> StoredFile | None:
+        """Close a file opened by :meth:`open_text` and register it; None when it is empty
+        (the cap left no room for any of it), and then it is deleted.
+        """
         # The size and identity come from the handle we wrote, not from whatever is at the
         # path by now.
+        handle = writer.handle
         handle.flush()
         status = os.fstat(handle.fileno())
         handle.close()
-        path = self.directory / f"{file_id}{_SUFFIXES['text/plain']}"
-        try:
-            self._check_room(status.st_size)
-        except StoreFullError:
-            path.unlink(missing_ok=True)
-            raise
-        return self._register(file_id, "text/plain", path, status)
+        self._total_size -= writer.size  # counted while it grew; registering counts it again
+        if not writer.size:
+            writer.path.unlink(missing_ok=True)
+            return None
+        return self._register(writer.id, "text/plain", writer.path, status)
 
     def get(self, file_id: str) -> StoredFile | None:
         """The stored file with this id, or None (also when it was replaced on disk)."""
@@ -188,11 +192,20 @@ class OutputStore:
         file_id = secrets.token_urlsafe(18)
         return file_id, self.directory / f"{file_id}{suffix(mime_type)}"
 
+    def room(self) -> int | None:
+        """Bytes that may still be stored (files being written count), or None: no cap."""
+        if not self.max_bytes:
+            return None
+        return max(self.max_bytes - self._total_size, 0)
+
+    def limit_message(self) -> str:
+        """Why a file was not kept, or not kept whole."""
+        return f"the session's files reached their limit of {self.max_bytes} bytes"
+
     def _check_room(self, size: int) -> None:
-        if self.max_bytes and self._total_size + size > self.max_bytes:
-            raise StoreFullError(
-                f"the session's files reached their limit of {self.max_bytes} bytes"
-            )
+        room = self.room()
+        if room is not None and size > room:
+            raise StoreFullError(self.limit_message())
 
     def _register(
         self, file_id: str, mime_type: str, path: Path, status: os.stat_result
@@ -217,6 +230,51 @@ def suffix(mime_type: str) -> str:
     if mime_type.endswith("+json"):
         return ".json"
     return mimetypes.guess_extension(mime_type) or ""
+
+
+class TextWriter:
+    """A text file of the store written in pieces, which stops growing at the session's cap.
+
+    Each write is counted against the cap before it reaches the disk, so the store's folder
+    never holds more than the cap, even while a cell prints without end. Past the cap the
+    file keeps what fitted (cut at a character boundary) and ``complete`` turns False.
+    """
+
+    def __init__(self, store: OutputStore, file_id: str, path: Path, handle: BinaryIO) -> None:
+        """Write to ``handle``, the new file ``path`` of ``store`` (see ``open_text``)."""
+        self.store = store
+        self.id = file_id
+        self.path = path
+        self.handle = handle
+        #: Bytes and characters written so far.
+        self.size = 0
+        self.chars = 0
+        #: False once a write did not fit under the cap: the file holds only the beginning.
+        self.complete = True
+
+    def write(self, text: str) -> None:
+        """Append ``text`` (UTF-8), or as much of it as the cap leaves room for."""
+        if not self.complete or not text:
+            return
+        # "replace": a lone surrogate (a kernel may send one) must not stop the file.
+        data = text.encode("utf-8", "replace")
+        room = self.store.room()
+        if room is not None and len(data) > room:
+            self.complete = False
+            data = data[: _character_boundary(data, room)]
+            text = data.decode("utf-8")
+        self.handle.write(data)
+        self.size += len(data)
+        self.chars += len(text)
+        self.store._total_size += len(data)
+
+
+def _character_boundary(data: bytes, limit: int) -> int:
+    """The largest cut at most ``limit`` that does not split a UTF-8 character of ``data``."""
+    cut = limit
+    while 0 < cut < len(data) and data[cut] & 0xC0 == 0x80:  # a continuation byte
+        cut -= 1
+    return cut
 
 
 def _create(path: Path) -> int:

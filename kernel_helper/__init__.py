@@ -10,12 +10,18 @@ which, inside the running kernel:
 * shows PIL images as a single ``image/png`` (no extra ``image/jpeg`` copy);
 * makes ``input()`` and ``getpass.getpass()`` fail at once instead of waiting
   for a human who will never type;
-* turns off pip's progress bars and colours, for ``%pip`` and ``!pip`` alike;
+* makes ``pip install`` quiet, as AutoGen's executor does: ``!pip install``,
+  ``%pip install`` and the ``pip install`` lines of ``%%bash``/``%%sh`` cells get
+  ``-qqq`` (a successful install prints nothing, a failed one its ``ERROR:`` lines),
+  and every pip run has no progress bars, colours or upgrade nags;
 * keeps input history in memory, not in the SQLite file all kernels share (busy
   sessions made it print "database is locked" into their output);
 * sends text with lone surrogates (``print("\\ud800")``) with those characters
   escaped, instead of losing the message, and keeps the kernel's own log lines
-  out of the output.
+  out of the output;
+* sends long texts in bounded pieces (see :func:`_send_long_texts_in_pieces`), and makes
+  IOPub wait for a slow reader instead of dropping messages, so the server's memory stays
+  bounded whatever the size of an output, and nothing is lost.
 
 This file must stay self-contained: the server may send its source to a kernel
 whose Python does not have this package installed, where it is run through
@@ -25,6 +31,7 @@ IPython lazily, and never imports matplotlib or PIL itself.
 
 from __future__ import annotations
 
+import ast
 import builtins
 import getpass
 import importlib.util
@@ -33,18 +40,60 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "setup", "setup_code"]
+__all__ = [
+    "CONTINUED_KEY",
+    "PIECE_CHARS",
+    "TEXT_PIECE_MSG_TYPE",
+    "__version__",
+    "setup",
+    "setup_code",
+]
+
+#: Most characters of text one output message of the kernel carries. A longer printed text
+#: goes out as several ``stream`` messages; a longer result, display or error text is cut in
+#: its message and its whole text follows in ``TEXT_PIECE_MSG_TYPE`` messages. A reader thus
+#: holds one message of bounded size at a time, and ZMQ's queues (counted in messages) hold a
+#: bounded number of bytes: 64 KiB x ~140 messages (a high-water mark of 1,000 frames) ~ 9 MB.
+PIECE_CHARS = 64 * 1024
+#: IOPub message type of a piece of a cut text: content ``{"field": ..., "text": ...}``.
+#: Frontends ignore message types they do not know.
+TEXT_PIECE_MSG_TYPE = "kernel_helper_text"
+#: Key, in the metadata of a message whose texts were cut, of ``{field: length}``: the fields
+#: whose whole text follows in pieces (``text/plain`` of a result or display; ``evalue`` and
+#: ``traceback``, the lines joined by newlines, of an error).
+CONTINUED_KEY = "kernel_helper_continued"
+#: Characters kept of a cut text in its own message (half head, half tail), for frontends.
+_KEPT_IN_MESSAGE = PIECE_CHARS // 2
+_DATA_MSG_TYPES = frozenset({"execute_result", "display_data", "update_display_data"})
+_SEND_WRAPPED_MARKER = "_kernel_helper_sends_pieces"
 
 _INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
 # Set on our display-formatter wrapper so a second setup() (possibly from another
 # copy of this module) recognises it and does not wrap it again.
 _WRAPPED_MARKER = "_kernel_helper_closes_figures"
+
+# Set on our AST transformer (as a class attribute), so a second setup() (possibly from
+# another copy of this module) finds it among the shell's transformers and adds no other.
+_QUIET_PIP_MARKER = "_kernel_helper_quiet_pip"
+
+# A pip install at the start of a line (after blanks): `pip`, `pip3`, `pip3.11` or
+# `python -m pip`, each with or without a path, then `install` and its arguments.
+_PIP_INSTALL_LINE = re.compile(
+    r"^(?P<head>[ \t]*(?:\S*python[\d.]*[ \t]+-m[ \t]+)?(?:\S*/)?pip[\d.]*[ \t]+install)"
+    r"(?P<tail>(?:[ \t].*)?)$",
+    re.MULTILINE,
+)
+# An option that sets pip's verbosity: a command that has one is left as written.
+_PIP_VERBOSITY = re.compile(r"(?:^|\s)(?:-[qv]+|--quiet|--verbose)(?=\s|$)")
+# The cell magics whose body is a shell script.
+_SHELL_CELL_MAGICS = ("bash", "sh")
 
 _STDIN_MESSAGE = (
     "{what} is not available: this code runs in an agent session where nobody can "
@@ -120,8 +169,13 @@ def setup(working_dir: str | None = None, memory_limit: int | None = None) -> No
     _show_pil_images_as_png(shell)
     _disable_stdin(shell)
     _keep_history_in_memory(shell)
+    _quiet_pip_installs(shell)
     _send_odd_text_safely(shell)
     _keep_kernel_logs_out_of_output(shell)
+    kernel = getattr(shell, "kernel", None)
+    if kernel is not None:
+        _send_long_texts_in_pieces(kernel)
+        _make_iopub_wait_for_readers(kernel)
 
 
 def _keep_history_in_memory(shell: Any) -> None:
@@ -198,11 +252,102 @@ def _limit_memory(limit: int) -> None:
 def _quiet_pip() -> None:
     """Keep pip's progress bars, colours and upgrade nags out of the output.
 
-    Environment variables reach ``%pip`` and ``!pip`` subprocesses alike.
+    Environment variables reach every pip the kernel runs (``%pip``, ``!pip``, scripts).
+    They do not make pip quiet: ``PIP_QUIET`` would also silence what ``pip list``,
+    ``pip show`` and ``pip freeze`` are run for, so only installs are quietened, by
+    :func:`_quiet_pip_installs`.
     """
     os.environ["PIP_PROGRESS_BAR"] = "off"
     os.environ["PIP_NO_COLOR"] = "1"
     os.environ["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+
+
+# --- pip install ----------------------------------------------------------------
+
+
+def _quiet_pip_installs(shell: Any) -> None:
+    """Add ``-qqq`` to the pip installs that IPython's shell syntax runs.
+
+    An AST transformer, not a text rewrite of the cell: IPython has turned ``!cmd`` into
+    ``get_ipython().system('cmd')`` by then, so only commands really run are changed (a
+    string that merely contains "!pip install" is not), wherever they stand (in a
+    function, a loop, ``x = !pip install ...``), and ``{var}`` expansion is untouched.
+    """
+    if any(getattr(t, _QUIET_PIP_MARKER, False) for t in shell.ast_transformers):
+        return
+    shell.ast_transformers.append(_QuietPipInstalls())
+
+
+class _QuietPipInstalls(ast.NodeTransformer):
+    """Rewrites the command strings of ``get_ipython()`` calls that run ``pip install``.
+
+    ``!`` and ``!!`` give ``system``/``getoutput`` calls, ``%pip`` a ``run_line_magic``
+    call, ``%%bash`` and ``%%sh`` cells a ``run_cell_magic`` call with the script.
+    """
+
+    _kernel_helper_quiet_pip = True  # the name in _QUIET_PIP_MARKER
+
+    def visit(self, node: ast.AST) -> ast.AST:
+        # One ast.walk changing arguments in place: about half the time of NodeTransformer's
+        # recursive visit, paid by every cell (5 us for `x = 1`).
+        for call in ast.walk(node):
+            if isinstance(call, ast.Call):
+                _quiet_pip_call(call)
+        return node
+
+
+def _quiet_pip_call(node: ast.Call) -> None:
+    """Add ``-qqq`` to the pip installs of one ``get_ipython().<method>(...)`` call."""
+    func, args = node.func, node.args
+    if not (isinstance(func, ast.Attribute) and _is_get_ipython_call(func.value)):
+        return
+    first = _constant(args[0]) if args else None  # the command, or the magic's name
+    if func.attr in ("system", "getoutput") and args:
+        _rewrite_constant(args, 0, _quiet_pip_install_lines)
+    elif func.attr == "run_line_magic" and first == "pip" and len(args) >= 2:
+        _rewrite_constant(args, 1, _quiet_pip_magic_line)
+    elif func.attr == "run_cell_magic" and first in _SHELL_CELL_MAGICS and len(args) >= 3:
+        _rewrite_constant(args, 2, _quiet_pip_install_lines)
+
+
+def _is_get_ipython_call(node: ast.AST) -> bool:
+    """Whether ``node`` is ``get_ipython()``."""
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "get_ipython"
+        and not node.args
+    )
+
+
+def _constant(node: ast.AST) -> object:
+    """The value of a constant node, None for any other."""
+    return node.value if isinstance(node, ast.Constant) else None
+
+
+def _rewrite_constant(args: list[ast.expr], index: int, rewrite: Callable[[str], str]) -> None:
+    """Replace the string constant ``args[index]`` by ``rewrite(its value)``."""
+    value = _constant(args[index])
+    if isinstance(value, str):
+        args[index] = ast.copy_location(ast.Constant(rewrite(value)), args[index])
+
+
+def _quiet_pip_install_lines(text: str) -> str:
+    """Add ``-qqq`` to each line of ``text`` that is a pip install without a verbosity option."""
+    return _PIP_INSTALL_LINE.sub(_add_quiet_option, text)
+
+
+def _quiet_pip_magic_line(line: str) -> str:
+    """The same for the arguments of ``%pip`` (``install numpy``)."""
+    return _quiet_pip_install_lines(f"pip {line}")[len("pip ") :]
+
+
+def _add_quiet_option(match: re.Match[str]) -> str:
+    """The matched pip install line with ``-qqq`` after ``install``."""
+    head, tail = match["head"], match["tail"]
+    if _PIP_VERBOSITY.search(tail):
+        return match[0]  # the command says how verbose pip should be
+    return f"{head} -qqq{tail}"
 
 
 # --- matplotlib -------------------------------------------------------------
@@ -300,6 +445,189 @@ def _pil_image_to_png(image: Any) -> bytes:
 
 def _no_output(obj: Any) -> None:
     """Formatter that produces nothing, so the MIME type is left out."""
+
+
+# --- long texts ---------------------------------------------------------------
+
+
+def _send_long_texts_in_pieces(kernel: Any) -> None:
+    """Make every output message carry at most ``PIECE_CHARS`` characters of text.
+
+    ipykernel sends what ``print`` wrote since its last flush as one message, and a result or
+    an error as one message however long its text: a 100 MB print reaches the server as one
+    100 MB message, which it must hold (several times, decoded) before it can cut it. Every
+    message goes through the kernel's ``Session.send``, so wrapping it bounds them all: the
+    streams, the display hook, ``display()`` and the error of a failing cell.
+    """
+    shell = getattr(kernel, "shell", None)
+    candidates = [
+        getattr(kernel, "session", None),
+        getattr(sys.stdout, "session", None),
+        getattr(sys.stderr, "session", None),
+        getattr(getattr(shell, "displayhook", None), "session", None),
+        getattr(getattr(shell, "display_pub", None), "session", None),
+    ]
+    sessions = {id(session): session for session in candidates if session is not None}
+    for session in sessions.values():
+        _wrap_send(session)
+
+
+def _wrap_send(session: Any) -> None:
+    """Replace ``session.send`` by one that sends long texts in pieces (once per session)."""
+    send = session.send
+    if getattr(send, _SEND_WRAPPED_MARKER, False):
+        return
+
+    def send_in_pieces(  # noqa: PLR0917 - Session.send's own signature
+        stream: Any,
+        msg_or_type: Any,
+        content: Any = None,
+        parent: Any = None,
+        ident: Any = None,
+        buffers: Any = None,
+        track: bool = False,
+        header: Any = None,
+        metadata: Any = None,
+    ) -> Any:
+        if isinstance(msg_or_type, str):
+            msg = session.msg(
+                msg_or_type, content=content, parent=parent, header=header, metadata=metadata
+            )
+        else:
+            msg = msg_or_type
+        try:
+            messages = _in_pieces(session, msg)
+        except Exception:  # a message we do not understand goes out as it is
+            messages = [msg]
+        thread = _iopub_thread(stream)
+        if len(messages) == 1 or thread is None:
+            sent = send(stream, messages[0], ident=ident, buffers=buffers, track=track)
+            for piece in messages[1:]:
+                send(stream, piece, ident=ident)
+            return sent
+
+        # One event of the IOPub thread sends them all, on its socket: the pieces go out
+        # together and in order, and a flush (which runs on that thread) does not schedule
+        # an event per piece into the thread's own event pipe, which holds only ~2,000.
+        def send_all() -> None:
+            for piece in messages:
+                send(thread.socket, piece, ident=ident)
+
+        thread.schedule(send_all)
+        return messages[0]
+    send_in_pieces.__doc__ = send.__doc__
+    setattr(send_in_pieces, _SEND_WRAPPED_MARKER, True)
+    session.send = send_in_pieces
+
+
+def _iopub_thread(stream: Any) -> Any:
+    """The running IOPub thread of ipykernel that ``stream`` sends through, or None.
+
+    None also in a forked child process, whose sends go through a pipe to its parent.
+    """
+    try:
+        from ipykernel.iostream import BackgroundSocket, IOPubThread  # noqa: PLC0415
+    except ImportError:
+        return None
+    if isinstance(stream, BackgroundSocket):
+        stream = stream.io_thread
+    if not isinstance(stream, IOPubThread) or stream.socket is None:
+        return None
+    return stream if stream.thread.is_alive() else None
+
+
+def _in_pieces(session: Any, msg: dict[str, Any]) -> list[dict[str, Any]]:
+    """``msg`` as messages that each carry at most ``PIECE_CHARS`` characters of text."""
+    msg_type = msg["header"]["msg_type"]
+    content = msg["content"]
+    if msg_type == "stream":
+        text = content.get("text")
+        if not isinstance(text, str) or len(text) <= PIECE_CHARS:
+            return [msg]
+        parent = msg["parent_header"]
+        return [
+            session.msg("stream", {"name": content.get("name"), "text": piece}, parent=parent)
+            for piece in _pieces(text)
+        ]
+    long_texts: dict[str, str] = {}
+    new_content = dict(content)
+    if msg_type in _DATA_MSG_TYPES and isinstance(content.get("data"), dict):
+        text = content["data"].get("text/plain")
+        if isinstance(text, str) and len(text) > PIECE_CHARS:
+            long_texts["text/plain"] = text
+            new_content["data"] = {**content["data"], "text/plain": _clip(text)}
+    elif msg_type in ("error", "execute_reply") and content.get("status", "error") == "error":
+        evalue, traceback = content.get("evalue"), content.get("traceback")
+        if isinstance(evalue, str) and len(evalue) > PIECE_CHARS:
+            long_texts["evalue"] = evalue
+            new_content["evalue"] = _clip(evalue)
+        if isinstance(traceback, list) and all(isinstance(line, str) for line in traceback):
+            joined = "\n".join(traceback)
+            if len(joined) > PIECE_CHARS:
+                long_texts["traceback"] = joined
+                new_content["traceback"] = _clip(joined).split("\n")
+    if not long_texts:
+        return [msg]
+    if msg_type == "execute_reply":
+        # The whole error goes out on IOPub; the reply only says how the cell ended.
+        return [{**msg, "content": new_content}]
+    lengths = {name: len(text) for name, text in long_texts.items()}
+    metadata = {**msg.get("metadata", {}), CONTINUED_KEY: lengths}
+    parent = msg["parent_header"]
+    pieces = [
+        session.msg(TEXT_PIECE_MSG_TYPE, {"field": field, "text": piece}, parent=parent)
+        for field, text in long_texts.items()
+        for piece in _pieces(text)
+    ]
+    return [{**msg, "content": new_content, "metadata": metadata}, *pieces]
+
+
+def _pieces(text: str) -> list[str]:
+    """``text`` in pieces of at most ``PIECE_CHARS``, cut after a newline where one is near.
+
+    Cutting at line ends keeps ANSI codes (which never span lines) whole for the reader.
+    """
+    pieces = []
+    start = 0
+    while len(text) - start > PIECE_CHARS:
+        end = text.rfind("\n", start + PIECE_CHARS // 2, start + PIECE_CHARS) + 1
+        if not end:
+            end = start + PIECE_CHARS
+        pieces.append(text[start:end])
+        start = end
+    pieces.append(text[start:])
+    return pieces
+
+
+def _clip(text: str) -> str:
+    """The head and tail of a long text, as a frontend other than the server is shown it."""
+    half = _KEPT_IN_MESSAGE // 2
+    cut = len(text) - 2 * half
+    return f"{text[:half]}\n[... {cut} characters cut by kernel_helper ...]\n{text[-half:]}"
+
+
+def _make_iopub_wait_for_readers(kernel: Any) -> None:
+    """Make IOPub wait for a reader that is behind instead of dropping its messages.
+
+    IOPub is a PUB socket: a message for a subscriber whose queue is full (1,000 frames by
+    default, ~140 messages) is dropped without a word. Sent in pieces, a long output is many
+    messages, and a kernel can write them faster than a busy server reads. With
+    ``XPUB_NODROP`` (ipykernel >= 7 binds IOPub as XPUB) a send waits for room instead; the
+    queues in between stay bounded, so the backlog waits in this kernel, which made it. Set
+    on the IOPub thread, which owns the socket.
+    """
+    import zmq  # noqa: PLC0415 - only inside a kernel
+
+    thread = getattr(kernel, "iopub_thread", None)
+    socket = getattr(thread, "socket", None)
+    if thread is None or socket is None or not hasattr(zmq, "XPUB_NODROP"):
+        return
+
+    def wait_for_readers() -> None:
+        if socket.getsockopt(zmq.TYPE) == zmq.XPUB:
+            socket.setsockopt(zmq.XPUB_NODROP, 1)
+
+    thread.schedule(wait_for_readers)
 
 
 # --- stdin ----------------------------------------------------------------------

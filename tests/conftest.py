@@ -33,12 +33,119 @@ def pytest_runtest_makereport(
         report.longrepr = f"Skipped under CI, where every test must run: {reason}"
 
 
+#: The fast subset that CI runs at both ends of the supported versions (.ci/run: the lowest
+#: declared version of every dependency on the lowest Python, the newest on the newest),
+#: beside the whole suite on the default Python: the API, the client (both executors, the
+#: CLI, the fallback), transcripts, JupyterLab, Kernel Gateway, ``--gateway-url``. Node ids,
+#: or the start of one (a file; a test, for all its parameters). ``pytest -m compat`` runs
+#: them; an entry that names no test is an error there.
+COMPAT_TESTS = (
+    "tests/test_api.py",
+    "tests/test_transcripts.py",
+    "tests/test_channels.py",
+    "tests/test_packaging.py",
+    "tests/test_client.py::test_state_lives_across_calls",
+    "tests/test_client.py::test_error_keeps_earlier_output_and_has_a_plain_traceback",
+    "tests/test_client.py::test_matplotlib_figure_is_saved_as_png",
+    "tests/test_client.py::test_timeout_interrupts_and_keeps_output_and_state",
+    "tests/test_client.py::test_dead_kernel_is_reported_and_the_next_call_works",
+    "tests/test_client.py::test_wrong_token_raises_authentication_error",
+    "tests/test_client.py::test_async_executor_runs_blocks_with_state_files_and_failures",
+    "tests/test_client.py::test_async_timeout_and_cancellation_interrupt_the_kernel",
+    "tests/test_client.py::test_stopping_the_local_server_leaves_no_process",
+    "tests/test_client_cli.py::test_run_prints_each_cell_and_saves_images",
+    "tests/test_client_fallback.py::test_state_lives_across_calls_on_a_kernel_of_its_own[plain-jupyter-server]",
+    "tests/test_client_fallback.py::test_images_and_html_are_saved_as_files[plain-jupyter-server]",
+    "tests/test_client_fallback.py::test_timeout_interrupts_and_keeps_output_and_state[plain-jupyter-server]",
+    "tests/test_client_fallback.py::test_async_executor_runs_and_cancels_on_the_kernels_api[plain-jupyter-server]",
+    "tests/test_jupyterlab.py",
+    "tests/test_docker.py::test_no_engine_is_a_clear_error",
+    "tests/test_docker.py::test_missing_custom_image",
+)
+
+#: Those that need jupyter_kernel_gateway, whose own floors (jupyter_server 2.12, ...) are
+#: above the package's: CI's lowest run has them in an environment of their own. Marked both
+#: ``compat`` and ``kernel_gateway``.
+COMPAT_KERNEL_GATEWAY_TESTS = (
+    "tests/test_kernel_gateway.py::test_create_answers_201_with_location",
+    "tests/test_kernel_gateway.py::test_state_lives_across_calls",
+    "tests/test_kernel_gateway.py::test_matplotlib_figure_is_a_downloadable_file",
+    "tests/test_kernel_gateway.py::test_timeout_from_the_gateways_config_interrupts",
+    "tests/test_kernel_gateway.py::test_requests_without_the_token_are_rejected",
+    "tests/test_kernel_gateway.py::test_kernel_websocket_reaches_a_session_kernel",
+    "tests/test_kernel_gateway.py::test_a_gateway_too_old_refuses_to_start_saying_what_to_install",
+    "tests/test_client_fallback.py::test_state_lives_across_calls_on_a_kernel_of_its_own[kernel-gateway]",
+    "tests/test_client_fallback.py::test_images_and_html_are_saved_as_files[kernel-gateway]",
+    "tests/test_client_fallback.py::test_timeout_interrupts_and_keeps_output_and_state[kernel-gateway]",
+    "tests/test_gateway_url.py::test_the_sessions_kernel_runs_on_the_gateway",
+    "tests/test_gateway_url.py::test_state_lives_across_calls",
+    "tests/test_gateway_url.py::test_matplotlib_figure_is_captured_as_a_file",
+    "tests/test_gateway_url.py::test_timeout_interrupts_the_kernel_on_the_gateway",
+    "tests/test_gateway_url.py::test_kernel_death_is_reported_and_the_session_recovers",
+    "tests/test_gateway_url.py::test_restart_gives_a_fresh_kernel_on_the_gateway",
+)
+
+
+def _names(nodeid: str, entry: str) -> bool:
+    """Whether a compat entry names the test ``nodeid``."""
+    return nodeid == entry or nodeid.startswith((entry + "::", entry + "[")) or (
+        entry.endswith(("[plain-jupyter-server]", "[kernel")) and nodeid.startswith(entry)
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the compat subset; under ``-m compat``, an entry that names no test is an error."""
+    markers = dict.fromkeys(COMPAT_TESTS, ("compat",))
+    markers.update(dict.fromkeys(COMPAT_KERNEL_GATEWAY_TESTS, ("compat", "kernel_gateway")))
+    found = set()
+    for item in items:
+        for entry, names in markers.items():
+            if _names(item.nodeid, entry):
+                found.add(entry)
+                for name in names:
+                    item.add_marker(name)
+    # Checked where the subset is asked for and its files are collected whole.
+    if "compat" not in config.option.markexpr or any("::" in arg for arg in config.args):
+        return
+    collected_files = {item.nodeid.split("::")[0] for item in items}
+    stale = [e for e in markers if e not in found and e.split("::")[0] in collected_files]
+    if stale:
+        raise pytest.UsageError(f"COMPAT_TESTS in tests/conftest.py names no test: {stale}")
+
+
 def free_port() -> int:
     """A port nothing listens on now, for a server subprocess (started with port_retries=0)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _status_kib(pid: int | str, field: str) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    raise LookupError(field)
+
+
+class PeakRss:
+    """The growth of a process's peak resident set size over a stretch of time (Linux).
+
+    Writing 5 to ``/proc/<pid>/clear_refs`` resets the kernel's high-water mark of the
+    process's RSS (``VmHWM``) to its current RSS, so the peak is exact, not sampled.
+    """
+
+    def __init__(self, pid: int | str = "self") -> None:
+        """Watch process ``pid`` (this one by default); the stretch starts now."""
+        self.pid = pid
+        with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as clear_refs:
+            clear_refs.write("5")
+        self.start_kib = _status_kib(pid, "VmRSS")
+
+    def growth(self) -> int:
+        """Bytes the peak RSS grew by since the start."""
+        return (_status_kib(self.pid, "VmHWM") - self.start_kib) * 1024
 
 
 #: A short default keeps a test whose code hangs from waiting for the 60 s production default.

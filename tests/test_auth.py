@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from jupyter_server.auth import Authorizer
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from jupyter_exec_ext import handlers as our_handlers
@@ -17,6 +18,27 @@ from jupyter_exec_ext import handlers as our_handlers
 from .conftest import Api
 
 _METHODS = ("get", "post", "put", "patch", "delete")
+
+
+class PolicyAuthorizer(Authorizer):
+    """A real authorizer of the server that refuses some actions on the ``kernels`` resource.
+
+    It allows everything until a test sets ``refused``, so the tests can first make a session
+    and a file to aim at.
+    """
+
+    refused: frozenset[str] = frozenset()
+
+    def is_authorized(self, handler: Any, user: Any, action: str, resource: str) -> bool:
+        """Refuse the ``refused`` actions on kernels; allow the rest."""
+        return not (resource == "kernels" and action in self.refused)
+
+
+@pytest.fixture
+def jp_server_config(jp_server_config: dict[str, Any]) -> dict[str, Any]:
+    """The server of conftest, with :class:`PolicyAuthorizer` as its authorizer."""
+    server_app = {**jp_server_config["ServerApp"], "authorizer_class": PolicyAuthorizer}
+    return {**jp_server_config, "ServerApp": server_app}
 
 
 def _rules(router: Any) -> Any:
@@ -50,6 +72,7 @@ def fill(pattern: str, values: dict[str, str]) -> str:
 async def fetch(url: str, method: str, headers: dict[str, str]) -> int:
     body = None
     if method in ("POST", "PUT", "PATCH"):
+        # An upload's body is the file; other bodies are JSON.
         body = '{"code": "1"}' if url.endswith("/execute") else "{}"
     request = HTTPRequest(
         url, method=method, headers=headers, body=body, allow_nonstandard_methods=True,
@@ -65,13 +88,19 @@ async def fetch(url: str, method: str, headers: dict[str, str]) -> int:
 async def make_targets(api: Api, jp_serverapp: Any, jp_http_port: int) -> Any:
     """The routes filled with a real session and file, and the server's base URL."""
     session = await api.create()
-    result = await api.execute(session["id"], "from IPython.display import HTML\nHTML('x')")
+    result = await api.execute(
+        session["id"],
+        "from IPython.display import HTML\n_ = open('hello.txt', 'w').write('hi')\nHTML('x')",
+    )
     started = await api.request(
         "POST", session["id"], "execute", body={"code": "1", "background": True}
     )
+    # Ended before the routes are tried: the session's execution count no longer moves.
+    await api.request("GET", session["id"], "executions", started.json["id"], params={"wait": "60"})
     values = {
         "session_id": session["id"],
         "file_id": result["files"][0]["id"],
+        "path": "hello.txt",
         "execution_id": started.json["id"],
     }
     routes = [(method, fill(p, values)) for method, p in extension_routes(jp_serverapp.web_app)]
@@ -80,8 +109,8 @@ async def make_targets(api: Api, jp_serverapp: Any, jp_http_port: int) -> Any:
 
 def test_every_route_is_in_the_matrix(jp_serverapp: Any) -> None:
     routes = extension_routes(jp_serverapp.web_app)
-    assert len(routes) == 12
-    assert {method for method, _ in routes} == {"GET", "POST", "DELETE"}
+    assert len(routes) == 16
+    assert {method for method, _ in routes} == {"GET", "POST", "PUT", "DELETE"}
 
 
 @pytest.mark.parametrize(
@@ -100,10 +129,40 @@ async def test_the_right_token_opens_every_route(
 ) -> None:
     routes, base = await make_targets(api, jp_serverapp, jp_http_port)
     token = jp_serverapp.identity_provider.token
-    # Deleting last, so the other routes still find the session.
-    for method, path in sorted(routes, key=lambda route: route[0] == "DELETE"):
+    # Deleting last, and the session (the shortest path) at the very end, so the other
+    # routes still find the session and its file.
+    def deletes_last(route: tuple[str, str]) -> tuple[bool, int]:
+        method, path = route
+        return method == "DELETE", -len(path) if method == "DELETE" else 0
+
+    for method, path in sorted(routes, key=deletes_last):
         status = await fetch(base + path, method, {"Authorization": f"token {token}"})
         assert status in (200, 201, 204), (method, path, status)
+
+
+@pytest.mark.parametrize(
+    ("refused", "allowed_methods"),
+    [({"read", "write", "execute"}, set()), ({"write", "execute"}, {"GET"})],
+    ids=["refuses-kernels", "allows-only-reads"],
+)
+async def test_the_servers_authorizer_decides_every_route(
+    api: Api,
+    jp_serverapp: Any,
+    jp_http_port: int,
+    refused: set[str],
+    allowed_methods: set[str],
+) -> None:
+    routes, base = await make_targets(api, jp_serverapp, jp_http_port)
+    assert isinstance(jp_serverapp.authorizer, PolicyAuthorizer)
+    jp_serverapp.authorizer.refused = frozenset(refused)
+    headers = {"Authorization": f"token {jp_serverapp.identity_provider.token}"}
+    for method, path in routes:
+        expected = 200 if method in allowed_methods else 403
+        assert await fetch(base + path, method, headers) == expected, (method, path)
+    # A refused call changed nothing: the session is still there and ran nothing more.
+    jp_serverapp.authorizer.refused = frozenset()
+    [session] = (await api.request("GET")).json
+    assert session["execution_count"] == 2  # the call and the background call of make_targets
 
 
 async def test_a_cookie_without_xsrf_cannot_write(

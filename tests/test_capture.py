@@ -9,6 +9,7 @@ import pytest
 
 from jupyter_exec_ext.capture import OutputCapture, strip_ansi
 from jupyter_exec_ext.store import OutputStore
+from kernel_helper import CONTINUED_KEY, TEXT_PIECE_MSG_TYPE
 
 
 @pytest.fixture
@@ -106,16 +107,29 @@ def test_truncation_keeps_the_final_error(store: OutputStore) -> None:
     assert result["error"]["evalue"] == "late"
 
 
-def test_memory_stays_bounded_while_text_flows(store: OutputStore) -> None:
+def test_a_text_sent_in_pieces_is_cut_like_a_whole_one(store: OutputStore) -> None:
+    # The kernel helper sends a long result as its cut message, then its whole text in pieces.
+    text = "".join(f"{i:05d}\n" for i in range(2000))
     capture = OutputCapture(store, max_chars=1000)
-    for _ in range(10_000):
-        capture.handle("stream", {"name": "stdout", "text": "y" * 1000})
-    held = sum(len(part.text) for part in capture._head) + sum(
-        len(part.text) for part in capture._tail
+    capture.handle(
+        "execute_result",
+        {"data": {"text/plain": "cut by the kernel"}, "execution_count": 1},
+        {CONTINUED_KEY: {"text/plain": len(text)}},
     )
-    assert held <= 1000
+    for start in range(0, len(text), 700):
+        piece = {"field": "text/plain", "text": text[start : start + 700]}
+        capture.handle(TEXT_PIECE_MSG_TYPE, piece)
     result = capture.result("ok", 1)
-    assert result["files"][0]["size"] == 10_000_000
+    head, _, rest = result["output"].partition("\n[... ")
+    assert head == text[:500]
+    assert rest.split(" ...]\n", 1)[1] == text[-499:] + "\n"
+    first, marker, last = result["outputs"]
+    assert (first["text"], last["text"]) == (text[:500], text[-499:])
+    assert first["truncated"]
+    assert last["truncated"]
+    assert marker["type"] == "truncated"
+    [full] = result["files"]
+    assert store.get(full["id"]).path.read_text() == text + "\n"  # type: ignore[union-attr]
 
 
 def test_no_limit_keeps_everything(store: OutputStore) -> None:

@@ -39,6 +39,11 @@ from jupyter_exec_client import (
 )
 from jupyter_exec_client.connection import as_connection_info
 
+from .autogen_compat import (
+    check_pip_installs_are_quiet,
+    check_shell_blocks_of_ipython_lines_run_in_the_kernel,
+)
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -254,6 +259,31 @@ def test_unknown_language_fails_without_being_run(executor: JupyterCodeExecutor)
     assert run(executor, "print('marker' in globals())").output == "False"
 
 
+@pytest.mark.timeout(120)
+def test_pip_installs_are_quiet_and_failures_still_show(executor: JupyterCodeExecutor) -> None:
+    check_pip_installs_are_quiet(executor)
+
+
+def test_shell_blocks_of_ipython_lines_run_in_the_kernel(executor: JupyterCodeExecutor) -> None:
+    check_shell_blocks_of_ipython_lines_run_in_the_kernel(executor)
+
+
+def test_autogens_attributes_are_there(
+    server: LocalJupyterServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with JupyterCodeExecutor(server, timeout=10, kernel_name="python3", output_dir=".") as sync:
+        # As AutoGen keeps them: the output folder as given, relative here.
+        assert (sync._timeout, sync._kernel_name, sync._output_dir) == (10, "python3", Path())
+        assert sync.output_dir == tmp_path.resolve()
+        assert sync._kernel_id == sync.kernel_id is not None
+        assert sync._connection_info == server.connection_info
+    unstarted = AsyncJupyterCodeExecutor(server, timeout=5, output_dir=tmp_path)
+    assert (unstarted._timeout, unstarted._kernel_name) == (5, "python3")
+    assert unstarted._output_dir == tmp_path
+    assert unstarted._kernel_id is None
+
+
 # -- timeouts, dead kernels, restart, stop ----------------------------------------------------
 
 
@@ -268,7 +298,8 @@ def test_timeout_interrupts_and_keeps_output_and_state(
         )
         assert result.exit_code == 1
         assert result.output.startswith("started\n")
-        assert "timeout of 2 s" in result.output
+        # "Timeout" is AutoGen's word for it, which agents written for it look for.
+        assert "Timeout: execution exceeded the timeout of 2 s" in result.output
         # The kernel was interrupted, not left running: with the sleep still going, this
         # call would wait for it past the test's time limit.
         assert run(executor, "print(kept + 1)") == IPythonCodeResult(0, "42", [])
@@ -353,9 +384,11 @@ def test_unreachable_server_raises_server_connection_error() -> None:
 
 
 def test_unknown_kernel_raises_unknown_kernel_error(server: LocalJupyterServer) -> None:
-    with pytest.raises(UnknownKernelError) as caught:
+    # The message AutoGen's own tests match for its ValueError.
+    with pytest.raises(UnknownKernelError, match=r"Kernel .* is not installed\.") as caught:
         JupyterCodeExecutor(server, kernel_name="cobol")
     assert isinstance(caught.value, ValueError)
+    assert str(caught.value).startswith("Kernel 'cobol' is not installed.")
     assert caught.value.kernel_name == "cobol"
     assert "python3" in caught.value.available_kernels
     assert "python3" in str(caught.value)
@@ -545,7 +578,7 @@ def test_async_timeout_and_cancellation_interrupt_the_kernel(
             result = await quick.execute_code_blocks([CodeBlock("v = 1"), CodeBlock(sleeper)])
             assert result.exit_code == 1
             assert result.output.startswith("going\n")
-            assert "timeout of 2 s" in result.output
+            assert "Timeout: execution exceeded the timeout of 2 s" in result.output
             assert (await quick.execute_code_blocks([CodeBlock("print(v)")])).output == "1"
 
         # Uncancelled, this call would run past the test's time limit.
@@ -572,7 +605,7 @@ def test_async_executor_errors(server: LocalJupyterServer) -> None:
     async def scenario() -> None:
         with pytest.raises(AuthenticationError):
             await AsyncJupyterCodeExecutor(wrong).start()
-        with pytest.raises(UnknownKernelError):
+        with pytest.raises(UnknownKernelError, match=r"Kernel 'nope' is not installed\."):
             async with AsyncJupyterCodeExecutor(server, kernel_name="nope"):
                 pass
 

@@ -122,7 +122,9 @@ def test_run_c_runs_one_cell(server: LocalJupyterServer, tmp_path: Path) -> None
         "run", "-c", "import time; time.sleep(60)", "--timeout", "1", server=server, cwd=tmp_path
     )
     assert timed_out.returncode == 1
-    assert "timeout of 1 s" in timed_out.stdout
+    assert "Timeout: execution exceeded the timeout of 1 s" in timed_out.stdout
+    quiet = jupyter_exec("run", "-c", "!pip install --no-index pip", server=server, cwd=tmp_path)
+    assert (quiet.returncode, quiet.stdout) == (0, ""), quiet.stderr
 
 
 def test_run_reads_the_script_from_stdin(server: LocalJupyterServer, tmp_path: Path) -> None:
@@ -166,6 +168,9 @@ def test_command_line_errors(server: LocalJupyterServer, tmp_path: Path) -> None
     missing_dir = jupyter_exec("run", "-c", "1", "--output-dir", str(tmp_path / "nope"))
     assert missing_dir.returncode == 2
     assert "is not a directory" in missing_dir.stderr
+    no_kernel = jupyter_exec("run", "-c", "1", "--kernel", "cobol", server=server)
+    assert no_kernel.returncode == 2
+    assert "Kernel 'cobol' is not installed." in no_kernel.stderr
 
 
 @pytest.mark.slow
@@ -290,3 +295,60 @@ def test_background_then_attach(server: LocalJupyterServer, tmp_path: Path) -> N
     no_url = jupyter_exec("run", "-c", "1", "--background", cwd=tmp_path)
     assert no_url.returncode == 2
     assert "--background needs a running server" in no_url.stderr
+
+
+def test_run_uploads_downloads_and_sets_env(server: LocalJupyterServer, tmp_path: Path) -> None:
+    (tmp_path / "data.csv").write_text("1\n2\n3\n")
+    code = (
+        "import os\nrows = open('in/data.csv').read().split()\n"
+        "open('report.txt', 'w').write(f\"{len(rows)} rows for {os.environ['WHO']}\")"
+    )
+    done = jupyter_exec(
+        "run", "-c", code, "--upload", "data.csv:in/data.csv", "--download",
+        "report.txt:got.txt", "--env", "WHO=the cli", server=server, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "got.txt").read_text() == "3 rows for the cli"
+    # Without a server: a local one for the run, the same way.
+    (tmp_path / "o").mkdir()
+    done = jupyter_exec(
+        "run", "-c", "_ = open('out.txt', 'w').write(open('data.csv').read())",
+        "--upload", "data.csv", "--download", "out.txt", "--output-dir", str(tmp_path / "o"),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "o" / "out.txt").read_text() == "1\n2\n3\n"
+
+
+def test_bad_run_options_are_usage_errors(tmp_path: Path) -> None:
+    for option in (["--env", "NOEQUALS"], ["--upload", "missing.csv"], ["--upload", ":x"]):
+        done = jupyter_exec("run", "-c", "1", *option, cwd=tmp_path)
+        assert done.returncode == 2, (option, done.stderr)
+        assert option[1] in done.stderr or "name a file" in done.stderr
+
+
+def test_files_commands(server: LocalJupyterServer, tmp_path: Path) -> None:
+    (tmp_path / "up.txt").write_text("uploaded")
+    with JupyterCodeExecutor(server, output_dir=tmp_path) as executor:
+        sid = executor.session_id
+        assert sid is not None
+        put = jupyter_exec("files", "--session", sid, "put", "up.txt", "a/up.txt",
+                           server=server, cwd=tmp_path)
+        assert put.returncode == 0, put.stderr
+        listed = jupyter_exec("files", "--session", sid, "ls", "a", server=server, cwd=tmp_path)
+        assert listed.returncode == 0, listed.stderr
+        assert "a/up.txt" in listed.stdout
+        got = jupyter_exec("files", "--session", sid, "get", "a/up.txt", "back.txt",
+                           server=server, cwd=tmp_path)
+        assert got.returncode == 0, got.stderr
+        assert (tmp_path / "back.txt").read_text() == "uploaded"
+        removed = jupyter_exec("files", "--session", sid, "rm", "a", server=server, cwd=tmp_path)
+        assert removed.returncode == 0, removed.stderr
+        assert "a" not in {e["name"] for e in executor.list_files()}
+        missing = jupyter_exec("files", "--session", sid, "get", "a/up.txt",
+                               server=server, cwd=tmp_path)
+        assert missing.returncode == 2
+        assert "a/up.txt" in missing.stderr
+        unknown = jupyter_exec("files", "--session", "nobody", "ls", server=server, cwd=tmp_path)
+        assert unknown.returncode == 2
+        assert "nobody" in unknown.stderr

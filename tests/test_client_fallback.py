@@ -33,8 +33,13 @@ from jupyter_exec_client import (
     JupyterConnectionInfo,
     UnknownKernelError,
 )
+from jupyter_exec_client._kernel_output import OutputCollector
 from jupyter_exec_client.local_server import _other_extensions
 
+from .autogen_compat import (
+    check_pip_installs_are_quiet,
+    check_shell_blocks_of_ipython_lines_run_in_the_kernel,
+)
 from .conftest import free_port
 
 TOKEN = "fallback-test-token"
@@ -264,6 +269,41 @@ def test_huge_output_is_cut_and_the_whole_text_saved(executor: JupyterCodeExecut
     assert path.read_text() == "x" * 300_000 + "\nthe end\n"
 
 
+@pytest.mark.timeout(120)
+def test_pip_installs_are_quiet_and_failures_still_show(executor: JupyterCodeExecutor) -> None:
+    # The kernel has no kernel_helper here: the client adds -qqq to the lines it sends.
+    check_pip_installs_are_quiet(executor)
+
+
+def test_shell_blocks_of_ipython_lines_run_in_the_kernel(executor: JupyterCodeExecutor) -> None:
+    check_shell_blocks_of_ipython_lines_run_in_the_kernel(executor)
+
+
+@pytest.mark.parametrize(
+    "code", ["'x' * 300_000", "raise ValueError('x' * 300_000)"], ids=["result", "error"]
+)
+def test_huge_results_and_errors_are_cut_like_prints(
+    executor: JupyterCodeExecutor, code: str
+) -> None:
+    result = run(executor, code)
+    assert len(result.output) < 150_000
+    assert "characters cut" in result.output
+    (path,) = map(Path, result.output_files)
+    assert path.read_text().count("x") >= 300_000
+
+
+def test_the_collector_cuts_every_text_of_an_item(tmp_path: Path) -> None:
+    collector = OutputCollector(tmp_path, max_chars=1000)
+    collector.handle("execute_result", {"data": {"text/plain": "r" * 5000}, "execution_count": 1})
+    collector.handle("error", {"ename": "E", "evalue": "v" * 5000, "traceback": ["t" * 5000]})
+    result = collector.result("error", 1)
+    [item] = [item for item in result["outputs"] if item["type"] == "result"]
+    assert len(item["text"]) < 1100
+    assert item["truncated"] is True
+    assert len(result["error"]["evalue"]) < 1100
+    assert len("\n".join(result["error"]["traceback"])) < 1100
+
+
 @pytest.mark.timeout(90)
 def test_timeout_interrupts_and_keeps_output_and_state(server: PlainServer, tmp_path: Path) -> None:
     with JupyterCodeExecutor(server.connection_info, timeout=2, output_dir=tmp_path) as executor:
@@ -274,7 +314,7 @@ def test_timeout_interrupts_and_keeps_output_and_state(server: PlainServer, tmp_
         assert result.exit_code == 1
         assert result.output.startswith("started\n")
         assert "KeyboardInterrupt" in result.output
-        assert "timeout of 2 s" in result.output
+        assert "Timeout: execution exceeded the timeout of 2 s" in result.output
         # Still sleeping, the kernel would make this call wait past the test's time limit.
         assert run(executor, "print(kept + 1)") == IPythonCodeResult(0, "42", [])
 
@@ -328,7 +368,7 @@ def test_wrong_or_missing_token_raises_authentication_error(
 
 
 def test_unknown_kernel_raises_unknown_kernel_error(server: PlainServer, tmp_path: Path) -> None:
-    with pytest.raises(UnknownKernelError) as caught:
+    with pytest.raises(UnknownKernelError, match=r"Kernel 'cobol' is not installed\.") as caught:
         JupyterCodeExecutor(server.connection_info, kernel_name="cobol", output_dir=tmp_path)
     assert caught.value.kernel_name == "cobol"
     assert "python3" in caught.value.available_kernels
@@ -353,7 +393,7 @@ def test_async_executor_runs_and_cancels_on_the_kernels_api(
             result = await executor.execute_code_blocks([CodeBlock("v = 1"), CodeBlock(sleeper)])
             assert result.exit_code == 1
             assert result.output.startswith("going\n")
-            assert "timeout of 2 s" in result.output
+            assert "Timeout: execution exceeded the timeout of 2 s" in result.output
             assert (await executor.execute_code_blocks([CodeBlock("print(v)")])).output == "1"
             # Cancelled, the call interrupts the kernel: the next call does not wait for it.
             marker = tmp_path / "sleeping"

@@ -12,7 +12,7 @@ import pytest
 
 from jupyter_exec_ext.spec import validation_error
 
-from .conftest import Api
+from .conftest import Api, PeakRss
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -315,6 +315,75 @@ async def test_huge_output_is_cut_and_saved_whole(api: Api, manager: Any) -> Non
     assert marker["file"] == full["id"]
     # Head and tail together keep exactly the configured 100,000 characters.
     assert marker["omitted_chars"] == full["size"] - 100_000
+
+
+#: Server memory a call may take, whatever its output: the README's promise.
+MEMORY_BOUND = 50 * 2**20
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "code",
+    [
+        "print('x' * 100_000_000)",
+        "'x' * 100_000_000",
+        "raise ValueError('x' * 100_000_000)",
+        "import sys\nfor i in range(100):\n    sys.stdout.write('%07d' % i * 142_858)",
+    ],
+    ids=["print", "result", "error", "many-writes"],
+)
+async def test_server_memory_stays_bounded_while_100_mb_flow(
+    api: Api, manager: Any, code: str
+) -> None:
+    # The server runs in this process (pytest-jupyter); the kernel is a process of its own,
+    # so this process's peak RSS is the server's, plus the small answer the test reads.
+    session = await api.create()
+    await run(api, session["id"], "1")
+    peak = PeakRss()
+    result = await run(api, session["id"], code, timeout=120)
+    growth = peak.growth()
+    assert growth < MEMORY_BOUND, f"the server grew by {growth / 2**20:.0f} MiB"
+    assert result["truncated"] is True
+    assert len(result["output"]) < 100_000 + 500
+    [full] = [f for f in result["files"] if f["mime_type"] == "text/plain"]
+    assert full["size"] >= 100_000_000  # nothing was lost on the way
+    path = manager.get_file(session["id"], full["id"]).path
+    with path.open() as handle:
+        handle.seek(full["size"] - 20)
+        end = handle.read()
+    assert end.rstrip("\n'").endswith(("x" * 10, "0000099" * 2))
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "letter"),
+    [
+        ("'x' * 2_000_000", "result", "x"),
+        ("from IPython.display import display\ndisplay('y' * 2_000_000)", "display", "y"),
+        ("raise ValueError('z' * 2_000_000)", "error", "z"),
+    ],
+)
+async def test_every_text_of_a_result_is_cut(
+    api: Api, manager: Any, code: str, kind: str, letter: str
+) -> None:
+    session = await api.create()
+    reply = await api.request("POST", session["id"], "execute", body={"code": code})
+    result = reply.json
+    assert validation_error("ExecutionResult", result) is None
+    # output and outputs keep 100,000 characters, an error's value and traceback as much.
+    assert len(reply.body) < 700_000, len(reply.body)
+    assert result["truncated"] is True
+    items = [item for item in result["outputs"] if item["type"] == kind]
+    assert items
+    assert all(item["truncated"] for item in items)
+    kept = sum(len(item.get("text") or "\n".join(item.get("traceback", []))) for item in items)
+    assert kept <= 100_000
+    if kind == "error":
+        assert len(result["error"]["evalue"]) < 100_100
+        assert "characters cut" in result["error"]["evalue"]
+        assert len("\n".join(result["error"]["traceback"])) < 100_100
+    [full] = [f for f in result["files"] if f["mime_type"] == "text/plain"]
+    text = manager.get_file(session["id"], full["id"]).path.read_text()
+    assert text.count(letter) >= 2_000_000  # the whole text is kept
 
 
 async def test_output_limit_is_configurable(api: Api, manager: Any) -> None:

@@ -653,3 +653,29 @@ def test_channel_queue_wakes_a_reader_when_closed() -> None:
 def test_streamed_and_background_executions_behind_gateway_url(deployment: Deployment) -> None:
     session = deployment.create()
     check_streamed_and_background(deployment.server.request, session["id"])
+
+
+def test_env_and_workspace_behind_the_gateway(deployment: Deployment) -> None:
+    """The env reaches the gateway's kernel (a gateway passes only KERNEL_* variables at
+    start; the set-up code puts the rest in). The workspace is the server's folder: here the
+    gateway shares the server's machine, so its kernel works in that very folder."""
+    model = deployment.create(env={"KERNEL_VIA_START": "k", "AGENT_KEY": "v"})
+    sid = model["id"]
+    assert model["env_keys"] == ["AGENT_KEY", "KERNEL_VIA_START"]
+    put = deployment.server.request(
+        "PUT", f"api/agent-sessions/{sid}/workspace/uploaded.txt", data=b"from the server"
+    )
+    assert put.status_code == 201, put.text
+    result = deployment.execute(
+        sid,
+        "import os\nprint(os.environ['KERNEL_VIA_START'], os.environ['AGENT_KEY'])\n"
+        "print(open('uploaded.txt').read())\n_ = open('made.txt', 'w').write('k')",
+    )
+    assert result["output"] == "k v\nfrom the server\n", result
+    assert result["workspace_changes"] == [{"path": "made.txt", "size": 1, "change": "created"}]
+    got = deployment.server.request("GET", f"api/agent-sessions/{sid}/workspace/made.txt")
+    assert got.content == b"k"
+    assert deployment.execute(sid, "import os\nos._exit(1)")["status"] == "dead"
+    result = deployment.execute(sid, "import os\nprint(os.environ['AGENT_KEY'])")
+    assert result["output"] == "v\n"
+    deployment.server.request("DELETE", f"api/agent-sessions/{sid}")

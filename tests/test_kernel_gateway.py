@@ -476,3 +476,56 @@ def test_foreign_origin_is_refused_as_on_kernel_routes(gateway: Gateway) -> None
 def test_streamed_and_background_executions_work_inside_the_gateway(gateway: Gateway) -> None:
     session = gateway.create()
     check_streamed_and_background(gateway.request, session["id"])
+
+
+def test_a_gateway_too_old_refuses_to_start_saying_what_to_install(tmp_path: Path) -> None:
+    """Kernel Gateway 2.5.0 as ``importlib.metadata`` sees it (the extra declares >= 3.0):
+    the gateway exits at start with the reason, instead of serving a broken API."""
+    from .test_packaging import installed_as  # noqa: PLC0415 - one helper for both files
+
+    shadow = installed_as(tmp_path / "site", "jupyter_kernel_gateway", "2.5.0")
+    path = os.pathsep.join(filter(None, [str(shadow), os.environ.get("PYTHONPATH")]))
+    finished = subprocess.run(
+        [
+            sys.executable, "-m", "jupyter", "kernelgateway",
+            "--KernelGatewayApp.api=jupyter_exec_ext.kernel_gateway",
+            f"--KernelGatewayApp.port={free_port()}", "--KernelGatewayApp.port_retries=0",
+        ],
+        check=False, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": path, "JUPYTER_PLATFORM_DIRS": "1"},
+    )  # fmt: skip
+    assert finished.returncode != 0
+    assert (
+        "jupyter_exec_ext.kernel_gateway is not enabled: jupyter-kernel-gateway 2.5.0 is "
+        "installed, it needs jupyter-kernel-gateway>=3.0"
+    ) in finished.stderr
+
+
+def test_workspace_and_env_in_the_gateway(gateway: Gateway) -> None:
+    model = gateway.create(env={"GATEWAY_SECRET": "s3", "PYTHONFOO": "cold"})
+    sid = model["id"]
+    assert model["env_keys"] == ["GATEWAY_SECRET", "PYTHONFOO"]
+    assert b"s3" not in gateway.request("GET", f"api/agent-sessions/{sid}").content
+    put = gateway.request("PUT", f"api/agent-sessions/{sid}/workspace/in/data.bin", data=b"\0\1")
+    assert put.status_code == 201, put.text
+    result = gateway.execute(
+        sid,
+        "import os\nopen('out.txt', 'w').write(str(len(open('in/data.bin', 'rb').read())) + "
+        "os.environ['GATEWAY_SECRET'])",
+    )
+    assert result["workspace_changes"] == [{"path": "out.txt", "size": 3, "change": "created"}]
+    got = gateway.request("GET", f"api/agent-sessions/{sid}/workspace/out.txt")
+    assert got.content == b"2s3"
+    listing = gateway.request("GET", f"api/agent-sessions/{sid}/workspace").json()
+    assert {e["name"] for e in listing["entries"]} >= {"in", "out.txt"}
+    assert gateway.request("DELETE", f"api/agent-sessions/{sid}/workspace/in").status_code == 204
+    refused = gateway.request("GET", f"api/agent-sessions/{sid}/workspace/../../etc/passwd")
+    assert refused.status_code in (400, 404)
+    no_token = gateway.request(
+        "PUT", f"api/agent-sessions/{sid}/workspace/intruder", token=None, data=b"x"
+    )
+    assert no_token.status_code == 401
+    session_dir = gateway.root_dir / "agent-sessions" / model["name"]
+    assert not (session_dir / "intruder").exists()
+    assert not (session_dir / "in").exists()
+    gateway.request("DELETE", f"api/agent-sessions/{sid}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -251,7 +252,7 @@ def test_working_dir_is_created_and_entered(kernel: BlockingKernelClient, workdi
     assert workdir.is_dir()
 
 
-def test_pip_is_quiet(kernel: BlockingKernelClient) -> None:
+def test_pip_has_no_progress_bars_colours_or_nags(kernel: BlockingKernelClient) -> None:
     env = evaluate(
         kernel,
         "{k: v for k, v in __import__('os').environ.items() if k.startswith('PIP_')}",
@@ -259,6 +260,49 @@ def test_pip_is_quiet(kernel: BlockingKernelClient) -> None:
     assert env["PIP_PROGRESS_BAR"] == "off"
     assert env["PIP_NO_COLOR"] == "1"
     assert env["PIP_DISABLE_PIP_VERSION_CHECK"] == "1"
+
+
+def printed(output: Output) -> str:
+    """The text of the stream messages of ``output``."""
+    return "".join(c["text"] for t, c in output if t == "stream")
+
+
+# An install of what is installed already: without -q, pip says "Requirement already
+# satisfied"; --no-index keeps it from asking an index.
+SATISFIED = "pip install --no-index pip"
+QUIET_INSTALLS = {
+    "bang": f"!{SATISFIED}",
+    "bang-space-in-function": "def f(p):\n    ! pip install --no-index {p}\nf('pip')",
+    "bang-bang": f"lines = !{SATISFIED}\nassert lines == [], lines",
+    "python-m-pip": f"!{sys.executable} -m {SATISFIED}",
+    "bash-cell": f"%%bash\necho ran\n  {SATISFIED}",
+    "sh-cell": f"%%sh\n{SATISFIED}",
+}
+
+
+@pytest.mark.parametrize("code", QUIET_INSTALLS.values(), ids=QUIET_INSTALLS.keys())
+def test_pip_install_is_quiet(kernel: BlockingKernelClient, code: str) -> None:
+    output = run_ok(kernel, code)
+    assert printed(output).replace("ran\n", "") == "", output
+
+
+def test_pip_magic_install_is_quiet(kernel: BlockingKernelClient) -> None:
+    output = printed(run_ok(kernel, f"%{SATISFIED}"))
+    assert "Requirement already satisfied" not in output
+    assert "restart the kernel" in output  # IPython's own note stays
+
+
+def test_failed_pip_install_still_shows_its_error(kernel: BlockingKernelClient) -> None:
+    output = printed(run_ok(kernel, "!pip install --no-index no-such-package-3f9c1e"))
+    assert "ERROR: " in output
+    assert "no-such-package-3f9c1e" in output
+
+
+def test_pip_install_with_its_own_verbosity_is_left_alone(kernel: BlockingKernelClient) -> None:
+    assert "Requirement already satisfied" in printed(run_ok(kernel, f"!{SATISFIED} -v"))
+    # Other pip commands keep their output, and text that only looks like one is not changed.
+    assert "pip" in printed(run_ok(kernel, "!pip list --no-index"))
+    assert printed(run_ok(kernel, "print('!pip install x')")) == "!pip install x\n"
 
 
 def test_user_namespace_has_no_helper_names(kernel: BlockingKernelClient) -> None:
@@ -328,9 +372,11 @@ def test_setup_is_idempotent(fresh_kernel: BlockingKernelClient, tmp_path: Path)
     before = user_names(kc)
     setup_kernel(kc, tmp_path)
     module_id = quiet_evaluate(kc, "id(__import__('sys').modules['kernel_helper'])")
+    transformers = quiet_evaluate(kc, "len(get_ipython().ast_transformers)")
     # Silent, so that the only new name is plt; the second setup sees pyplot imported.
     run_ok(kc, "import matplotlib.pyplot as plt", silent=True)
     setup_kernel(kc, tmp_path)
+    assert quiet_evaluate(kc, "len(get_ipython().ast_transformers)") == transformers
     # The module built from the embedded source the first time is reused.
     assert quiet_evaluate(kc, "id(__import__('sys').modules['kernel_helper'])") == module_id
     assert user_names(kc) - before == {"plt"}

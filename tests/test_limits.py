@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,7 +14,7 @@ import pytest
 from .conftest import Api
 
 
-@pytest.mark.parametrize("agent_config", [{"max_sessions": 2}])
+@pytest.mark.parametrize("agent_config", [{"max_sessions": 2}], indirect=True)
 async def test_too_many_sessions_is_429(api: Api) -> None:
     first = await api.create()
     await api.create()
@@ -21,7 +25,7 @@ async def test_too_many_sessions_is_429(api: Api) -> None:
     assert (await api.request("POST", body={})).status == 201
 
 
-@pytest.mark.parametrize("agent_config", [{"max_code_chars": 100}])
+@pytest.mark.parametrize("agent_config", [{"max_code_chars": 100}], indirect=True)
 async def test_too_much_code_is_413(api: Api) -> None:
     session = await api.create()
     reply = await api.request("POST", session["id"], "execute", body={"code": "#" * 101})
@@ -30,7 +34,7 @@ async def test_too_much_code_is_413(api: Api) -> None:
     assert (await api.execute(session["id"], "1 + 1"))["output"] == "2\n"
 
 
-@pytest.mark.parametrize("agent_config", [{"max_session_file_bytes": 30_000}])
+@pytest.mark.parametrize("agent_config", [{"max_session_file_bytes": 30_000}], indirect=True)
 async def test_session_files_are_capped(api: Api) -> None:
     session = await api.create()
     code = "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()"
@@ -43,7 +47,66 @@ async def test_session_files_are_capped(api: Api) -> None:
     assert "limit of 30000 bytes" in second["output"]
 
 
-@pytest.mark.parametrize("agent_config", [{"kernel_memory_limit": 1_500_000_000}])
+def _bytes_in(folder: Path) -> int:
+    total = 0
+    for directory, _, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):  # a file deleted meanwhile
+                total += os.lstat(os.path.join(directory, name)).st_size
+    return total
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def agent_config(request: pytest.FixtureRequest, store_dir: Path) -> dict[str, Any]:
+    """The test's parameters, with the captured files in a folder the test can watch."""
+    return {**getattr(request, "param", {}), "output_store_dir": str(store_dir)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("agent_config", [{"max_session_file_bytes": 1_000_000}], indirect=True)
+async def test_the_byte_cap_holds_while_a_cell_prints(api: Api, store_dir: Path) -> None:
+    session = await api.create()
+    peak = 0
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _bytes_in(store_dir))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = await api.execute(
+            session["id"], "import sys\nfor _ in range(50):\n    sys.stdout.write('x' * 1_000_000)"
+        )
+    finally:
+        done.set()
+        watcher.join()
+    assert peak <= 1_000_000, peak
+    assert result["truncated"] is True
+    assert "only its first 1000000 characters are in file" in result["output"]
+    assert "limit of 1000000 bytes" in result["output"]
+    [full] = result["files"]
+    assert full["size"] == 1_000_000
+    [marker] = [item for item in result["outputs"] if item["type"] == "truncated"]
+    assert marker["file"] == full["id"]
+    assert marker["file_complete"] is False
+    # The cap is full: the next cut output keeps no file and says so.
+    again = await api.execute(session["id"], "print('y' * 200_000)")
+    assert "the whole output was not kept" in again["output"]
+    assert again["files"] == []
+    assert _bytes_in(store_dir) <= 1_000_000
+
+
+@pytest.mark.parametrize(
+    "agent_config", [{"kernel_memory_limit": 1_500_000_000}], indirect=True
+)
 async def test_memory_limit_gives_a_clear_result_and_a_fresh_kernel(api: Api) -> None:
     session, bystander = await api.create(), await api.create()
     await api.execute(bystander["id"], "kept = 1")
@@ -55,7 +118,9 @@ async def test_memory_limit_gives_a_clear_result_and_a_fresh_kernel(api: Api) ->
     assert (await api.execute(bystander["id"], "kept"))["output"] == "1\n"
 
 
-@pytest.mark.parametrize("agent_config", [{"cull_idle_timeout": 1.5, "cull_interval": 0.2}])
+@pytest.mark.parametrize(
+    "agent_config", [{"cull_idle_timeout": 1.5, "cull_interval": 0.2}], indirect=True
+)
 async def test_idle_sessions_are_culled_but_busy_ones_are_not(api: Api, manager: Any) -> None:
     await manager.start()
     idle = await api.create()

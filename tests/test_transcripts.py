@@ -76,10 +76,15 @@ async def test_calls_back_to_back_lose_no_cell(api: Api, jp_root_dir: Path) -> N
 
 async def test_huge_output_is_cut_in_the_transcript_too(api: Api, jp_root_dir: Path) -> None:
     session = await api.create()
-    result = await api.execute(session["id"], "print('y' * 5_000_000)")
-    assert result["truncated"] is True
-    await read_transcript(jp_root_dir, session["transcript_path"], 1)
-    assert (jp_root_dir / session["transcript_path"]).stat().st_size < 150_000
+    calls = ["print('y' * 5_000_000)", "'r' * 3_000_000", "raise ValueError('e' * 3_000_000)"]
+    for code in calls:
+        assert (await api.execute(session["id"], code))["truncated"] is True
+    notebook = await read_transcript(jp_root_dir, session["transcript_path"], len(calls))
+    assert [cell.outputs[0].output_type for cell in notebook.cells] == [
+        "stream", "execute_result", "error"
+    ]
+    # Each cell keeps 100,000 characters of output (an error its value and traceback).
+    assert (jp_root_dir / session["transcript_path"]).stat().st_size < 700_000
 
 
 async def test_session_is_listed_with_its_transcript_and_kernel(

@@ -32,6 +32,9 @@ from .errors import (
     ServerStartError,
     SessionNotFoundError,
     UnknownKernelError,
+    WorkspaceFileNotFoundError,
+    WorkspacePathError,
+    WorkspaceUnavailableError,
 )
 from .execution import AsyncExecution, Execution
 from .executor import AsyncJupyterCodeExecutor, JupyterCodeExecutor
@@ -65,5 +68,8 @@ __all__ = [
     "ServerStartError",
     "SessionNotFoundError",
     "UnknownKernelError",
+    "WorkspaceFileNotFoundError",
+    "WorkspacePathError",
+    "WorkspaceUnavailableError",
     "__version__",
 ]

@@ -26,6 +26,8 @@ from .errors import (
     JupyterExecError,
     SessionNotFoundError,
     UnknownKernelError,
+    WorkspaceFileNotFoundError,
+    WorkspacePathError,
 )
 
 T = TypeVar("T")
@@ -53,8 +55,9 @@ class Request:
     ``path`` is relative to the server's base URL, or starts with ``/`` when it already
     includes the base path (file URLs in execution results do). With ``save_to``, a 200
     answer's body is streamed into that file instead of being held in memory; with
-    ``save_in``, into a new file of that folder named for the answer's media type. With
-    ``stream``, a 200 answer is left unread: the response's ``stream`` gives its lines.
+    ``save_in``, into a new file of that folder named for the answer's media type; with
+    ``upload_from``, the body is that file's bytes, streamed from disk. With ``stream``, a
+    200 answer is left unread: the response's ``stream`` gives its lines.
     """
 
     method: str
@@ -63,6 +66,7 @@ class Request:
     read_timeout: float = DEFAULT_READ_TIMEOUT
     save_to: Path | None = None
     save_in: Path | None = None
+    upload_from: Path | None = None
     stream: bool = False
 
 
@@ -96,13 +100,15 @@ class Response:
     """The server's answer: the status, the reason phrase and the body (empty when saved).
 
     ``location`` is where a redirect points (a proxy sending an unauthenticated request to
-    its login page, for instance).
+    its login page, for instance); ``disposition`` is the ``Content-Disposition`` header (a
+    workspace file has one, a folder's listing has none).
     """
 
     status: int
     body: bytes = b""
     reason: str = ""
     location: str = ""
+    disposition: str = ""
     #: The lines of a ``stream`` request's 200 answer.
     stream: LineStream | None = None
     #: Where a ``save_in`` request's answer was saved.
@@ -150,6 +156,20 @@ class JupyterRestAPI:
         """Raise the error a 404 answer to ``request`` means; return for a plain APIError."""
         yield from ()
 
+    def _workspace_answer(self, request: Request, response: Response | None = None) -> Flow[Any]:
+        """Send a request about a file (unless answered); a refused path raises
+        WorkspacePathError, other errors as :meth:`_checked` raises them."""
+        if response is None:
+            response = yield request
+        if response.status in (400, 409):
+            raise WorkspacePathError(
+                response.status,
+                _server_message(response),
+                method=request.method,
+                url=self.connection_info.url(request.path),
+            )
+        return (yield from self._checked(request, response))
+
     def _malformed(self, request: Request, answer: Any) -> APIError:
         return APIError(
             200,
@@ -162,11 +182,16 @@ class JupyterRestAPI:
 class AgentSessionsAPI(JupyterRestAPI):
     """The calls of the agent-session API on one server, as flows."""
 
-    def create_session(self, kernel_name: str, name: str | None = None) -> Flow[dict[str, Any]]:
-        """Start a session with a kernel of its own; return its model."""
+    def create_session(
+        self, kernel_name: str, name: str | None = None, env: dict[str, str] | None = None
+    ) -> Flow[dict[str, Any]]:
+        """Start a session with a kernel of its own (``env`` in its environment); return its
+        model."""
         body: dict[str, Any] = {"kernel_name": kernel_name}
         if name is not None:
             body["name"] = name
+        if env:
+            body["env"] = env
         request = Request("POST", SESSIONS_PATH, body, read_timeout=KERNEL_START_READ_TIMEOUT)
         response = yield request
         if response.status == 400:
@@ -175,7 +200,6 @@ class AgentSessionsAPI(JupyterRestAPI):
                 raise UnknownKernelError(
                     kernel_name,
                     [k.strip() for k in match["kernels"].split(",") if k.strip()],
-                    match[0],
                     method=request.method,
                     url=self.connection_info.url(request.path),
                 )
@@ -318,14 +342,72 @@ class AgentSessionsAPI(JupyterRestAPI):
             raise self._malformed(request, response.body[:200])
         return response.saved_to
 
+    # -- the workspace -------------------------------------------------------------------
+
+    def upload(self, session_id: str, local_path: Path, remote_path: str) -> Flow[dict[str, Any]]:
+        """Stream a local file into the session's working folder; return its entry model."""
+        request = Request(
+            "PUT",
+            _workspace_path(session_id, remote_path),
+            read_timeout=KERNEL_START_READ_TIMEOUT,
+            upload_from=local_path,
+        )
+        return _json_object((yield from self._workspace_answer(request)))
+
+    def download_workspace_file(
+        self, session_id: str, remote_path: str, local_path: Path
+    ) -> Flow[None]:
+        """Stream a file of the session's working folder into ``local_path`` (a new file)."""
+        request = Request(
+            "GET",
+            _workspace_path(session_id, remote_path),
+            read_timeout=KERNEL_START_READ_TIMEOUT,
+            save_to=local_path,
+        )
+        response = yield request
+        if response.status == 200 and not response.disposition:
+            # A folder: what was saved is its listing.
+            local_path.unlink(missing_ok=True)
+            raise WorkspacePathError(
+                400,
+                f"{remote_path!r} is a folder, not a file",
+                method=request.method,
+                url=self.connection_info.url(request.path),
+            )
+        yield from self._workspace_answer(request, response)
+
+    def list_workspace(self, session_id: str, path: str = "") -> Flow[dict[str, Any]]:
+        """The listing of a folder of the session's working folder (the folder itself: '')."""
+        request = Request("GET", _workspace_path(session_id, path))
+        response = yield request
+        answer: Any = {}
+        if not response.disposition:  # a file's bytes, not a listing
+            answer = yield from self._workspace_answer(request, response)
+        if not isinstance(answer, dict) or not isinstance(answer.get("entries"), list):
+            raise WorkspacePathError(
+                400,
+                f"{path!r} is a file, not a folder",
+                method=request.method,
+                url=self.connection_info.url(request.path),
+            )
+        return answer
+
+    def delete_workspace_path(self, session_id: str, path: str) -> Flow[None]:
+        """Delete a file or folder of the session's working folder."""
+        yield from self._workspace_answer(Request("DELETE", _workspace_path(session_id, path)))
+
     # -- answers -------------------------------------------------------------------------
 
     def _not_found(self, request: Request, message: str) -> Flow[None]:
-        """A missing API, or a missing session (a missing file is a plain APIError)."""
+        """A missing API, session or workspace file (a missing captured file: APIError)."""
         if request.path.rstrip("/") == SESSIONS_PATH:
             yield from self._explain_missing_api(request)
         if "/executions/" in request.path and not message.startswith("Agent session"):
             raise ExecutionNotFoundError(
+                404, message, method=request.method, url=self.connection_info.url(request.path)
+            )
+        if "/workspace" in request.path and not message.startswith("Agent session not found"):
+            raise WorkspaceFileNotFoundError(
                 404, message, method=request.method, url=self.connection_info.url(request.path)
             )
         if request.path.startswith(SESSIONS_PATH + "/") and "/files/" not in request.path:
@@ -384,6 +466,12 @@ def _reported_version(answer: Response | None) -> str | None:
 
 def _session_path(session_id: str, *action: str) -> str:
     return "/".join([SESSIONS_PATH, quote(session_id, safe=""), *action])
+
+
+def _workspace_path(session_id: str, path: str) -> str:
+    """The URL path of a workspace path; each of its parts is quoted, '/' kept between."""
+    route = _session_path(session_id, "workspace")
+    return f"{route}/{quote(path, safe='/')}" if path.strip("/") else route
 
 
 def _json_object(answer: Any) -> dict[str, Any]:

@@ -13,13 +13,17 @@ written), so everything after the execution is shared.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import time
+import uuid
 from collections.abc import Iterable
 from os import PathLike
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from ._api import AgentSessionsAPI, CloseStream, LineStream
+from ._contents_api import ContentsAPI
 from ._kernel_output import new_output_path
 from ._kernel_protocol import KernelFlow, KernelProtocolSession
 from .blocks import CodeBlockLike, IPythonCodeResult, code_for_kernel
@@ -35,6 +39,8 @@ from .errors import (
 from .outputs import OutputCallbacks, OutputDispatcher
 
 State = Literal["new", "open", "closed"]
+#: Names of environment variables, as the server accepts them.
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: ``agent-sessions``: the extension's API; ``kernels``: a plain server's kernels API and
 #: kernel websocket.
 Backend = Literal["agent-sessions", "kernels"]
@@ -60,8 +66,17 @@ class ExecutorCore:
         output_dir: str | PathLike[str],
         *,
         fallback: bool = True,
+        env: dict[str, str] | None = None,
     ) -> None:
         """Check the arguments; nothing is sent before :meth:`start`."""
+        for variable, value in (env or {}).items():
+            if not (isinstance(variable, str) and isinstance(value, str)):
+                raise ValueError("env must map variable names to string values")
+            if not _ENV_NAME.match(variable):
+                raise ValueError(
+                    f"Invalid environment variable name {variable!r}: use letters, digits and "
+                    "'_', not starting with a digit"
+                )
         if timeout < 1:
             raise ValueError(f"Timeout must be greater than or equal to 1 second, not {timeout}.")
         directory = Path(output_dir)
@@ -73,6 +88,9 @@ class ExecutorCore:
         # Resolved once: the paths handed out stay right if the process changes directory.
         self.output_dir = directory.resolve()
         self.fallback = fallback
+        self.env = dict(env or {})
+        # The fallback's way to move files: a plain server's Contents API.
+        self.contents = ContentsAPI(connection_info)
         self.session_id: str | None = None
         self.state: State = "new"
         # Set once the server turned out to have no agent-session API.
@@ -98,12 +116,14 @@ class ExecutorCore:
             return
         if self.kernels is None:
             try:
-                model = yield from self.api.create_session(self.kernel_name)
+                model = yield from self.api.create_session(self.kernel_name, env=self.env)
             except ExtensionMissingError as missing:
                 if not (self.fallback and missing.server_version):
                     raise
                 # A Jupyter server without the extension: use its standard kernels API.
-                self.kernels = KernelProtocolSession(self.connection_info, self.output_dir)
+                self.kernels = KernelProtocolSession(
+                    self.connection_info, self.output_dir, env=self.env
+                )
                 self.backend = "kernels"
             else:
                 self.backend = "agent-sessions"
@@ -156,15 +176,17 @@ class ExecutorCore:
         self._check_open()
         outputs: list[str] = []
         files: list[str] = []
+        changes: list[dict[str, Any]] = []
         for block in code_blocks:
-            code = code_for_kernel(block.code, block.language)
+            # A kernel of the kernels backend has no kernel_helper to make pip installs quiet.
+            code = code_for_kernel(block.code, block.language, quiet_pip=self.kernels is not None)
             if code is None:
                 outputs.append(
                     f"Unsupported language {block.language!r}: this executor runs Python "
                     "blocks (python, py, ipython, or no language) and shell blocks (bash, sh, "
                     "shell). The block was not run."
                 )
-                return IPythonCodeResult(1, _join(outputs), files)
+                return IPythonCodeResult(1, _join(outputs), files, changes)
             if self.kernels is not None:
                 result = yield from self.kernels.execute(code, self.timeout)
             else:
@@ -172,9 +194,74 @@ class ExecutorCore:
             output, saved = yield from self._save_files(result)
             outputs.append(output)
             files.extend(saved)
+            changes.extend(result.get("workspace_changes") or [])
             if result.get("status") != "ok":
-                return IPythonCodeResult(1, _join(outputs), files)
-        return IPythonCodeResult(0, _join(outputs), files)
+                return IPythonCodeResult(1, _join(outputs), files, changes)
+        return IPythonCodeResult(0, _join(outputs), files, changes)
+
+    # -- the workspace -------------------------------------------------------------------
+
+    def upload(
+        self, local_path: str | PathLike[str], remote_path: str | None = None
+    ) -> KernelFlow[dict[str, Any]]:
+        """Copy a local file into the session's working folder (by default under its own
+        name); return the file's entry (``name``, ``path``, ``type``, ``size``, ``modified``)."""
+        local = Path(local_path)
+        if not local.is_file():
+            raise FileNotFoundError(f"No local file to upload: {local}")
+        remote = local.name if remote_path is None else remote_path
+        yield from self._open()
+        if self.kernels is not None:
+            return (yield from self.contents.upload(local, remote))
+        return (yield from self.api.upload(self._open_session_id(), local, remote))
+
+    def download(
+        self, remote_path: str, local_path: str | PathLike[str] | None = None
+    ) -> KernelFlow[Path]:
+        """Copy a file of the session's working folder to ``local_path`` (a file, or a folder
+        to put it in; by default ``output_dir``), replacing what is there; return the path."""
+        name = PurePosixPath(remote_path.rstrip("/")).name
+        target = Path(local_path) if local_path is not None else self.output_dir
+        if target.is_dir():
+            target /= name
+        yield from self._open()
+        # Into a new file beside the target, renamed over it when complete: a failed
+        # download leaves the old file as it was.
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+        try:
+            if self.kernels is not None:
+                yield from self.contents.download(remote_path, partial)
+            else:
+                yield from self.api.download_workspace_file(
+                    self._open_session_id(), remote_path, partial
+                )
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return target.resolve()
+
+    def list_files(self, path: str = "") -> KernelFlow[list[dict[str, Any]]]:
+        """The entries of a folder of the session's working folder (its root by default)."""
+        yield from self._open()
+        if self.kernels is not None:
+            listing = yield from self.contents.list_files(path)
+        else:
+            listing = yield from self.api.list_workspace(self._open_session_id(), path)
+        return list(listing["entries"])
+
+    def delete_file(self, path: str) -> KernelFlow[None]:
+        """Delete a file, or a folder with everything in it, of the session's working folder."""
+        yield from self._open()
+        if self.kernels is not None:
+            yield from self.contents.delete(path)
+        else:
+            yield from self.api.delete_workspace_path(self._open_session_id(), path)
+
+    def _open(self) -> KernelFlow[None]:
+        """Start the session if it is new; raise when the executor was stopped."""
+        if self.state == "new":
+            yield from self.start()
+        self._check_open()
 
     # -- streamed and background runs ---------------------------------------------------
 
@@ -182,9 +269,7 @@ class ExecutorCore:
         self, code: str, timeout: float | None, callbacks: OutputCallbacks
     ) -> KernelFlow[IPythonCodeResult]:
         """Run Python ``code``, calling back as output arrives; return the whole result."""
-        if self.state == "new":
-            yield from self.start()
-        self._check_open()
+        yield from self._open()
         timeout = self.timeout if timeout is None else timeout
         if self.kernels is not None:
             dispatcher = OutputDispatcher(callbacks)
@@ -219,9 +304,7 @@ class ExecutorCore:
 
     def start_execution(self, code: str, timeout: float | None) -> KernelFlow[dict[str, Any]]:
         """Queue ``code`` as a background execution of the session; return its model."""
-        if self.state == "new":
-            yield from self.start()
-        self._check_open()
+        yield from self._open()
         if self.kernels is not None:
             raise BackgroundUnsupportedError(
                 f"The server at {self.connection_info.base_url} has no agent-session API, so "
@@ -274,7 +357,12 @@ class ExecutorCore:
     ) -> KernelFlow[IPythonCodeResult]:
         # The text as execute_code_blocks gives it for one block.
         output, files = yield from self._save_files(result, saved)
-        return IPythonCodeResult(0 if result.get("status") == "ok" else 1, _join([output]), files)
+        return IPythonCodeResult(
+            0 if result.get("status") == "ok" else 1,
+            _join([output]),
+            files,
+            list(result.get("workspace_changes") or []),
+        )
 
     def _check_open(self) -> None:
         if self.state != "open":

@@ -45,6 +45,17 @@ def strip_ansi(text: str) -> str:
     return _ANSI_ESCAPE.sub("", text)
 
 
+def clip(text: str, limit: int) -> str:
+    """The head and tail of ``text`` around a marker, as the server cuts an item's text.
+
+    An item of ``outputs`` and the ``error`` follow ``max_chars`` as ``output`` does.
+    """
+    if not limit or len(text) <= limit:
+        return text
+    head = limit // 2
+    return f"{text[:head]}\n[... {len(text) - limit} characters cut ...]\n{text[head - limit:]}"
+
+
 def new_output_path(output_dir: Path, mime_type: str) -> Path:
     """A new file name in ``output_dir`` for an output of ``mime_type`` (AutoGen's naming)."""
     extension = FILE_EXTENSIONS.get(mime_type)
@@ -115,11 +126,17 @@ class OutputCollector:
         """Record a result or a display: its most readable text, its other data as files."""
         chosen = _mime.choose(data)
         text = None if chosen.text is None else strip_ansi(chosen.text)
-        item: dict[str, Any] = {"type": kind, "text": text, "mime_type": chosen.text_type}
+        item: dict[str, Any] = {
+            "type": kind,
+            "text": None if text is None else self._clip(text),
+            "mime_type": chosen.text_type,
+        }
         if kind == "result":
             item["execution_count"] = execution_count
         item["mime_types"] = list(data)
         item["files"] = []
+        if text is not None and item["text"] != text:
+            item["truncated"] = True
         lines = [] if text is None else [text]
         for mime_type in chosen.file_types:
             try:
@@ -135,8 +152,16 @@ class OutputCollector:
     def add_error(self, ename: str, evalue: str, traceback: list[str]) -> None:
         """Record an exception the code raised, its traceback as plain text."""
         lines = [strip_ansi(line) for line in traceback] or [f"{ename}: {evalue}"]
-        self.error = {"ename": ename, "evalue": strip_ansi(evalue), "traceback": lines}
-        self._add_block({"type": "error", **self.error}, "\n".join(lines))
+        text = "\n".join(lines)
+        self.error = {
+            "ename": ename,
+            "evalue": self._clip(strip_ansi(evalue)),
+            "traceback": self._clip(text).split("\n"),
+        }
+        item = {"type": "error", **self.error}
+        if len(text) > len("\n".join(item["traceback"])):
+            item["truncated"] = True
+        self._add_block(item, text)
 
     def add_note(self, text: str) -> None:
         """Record a message from the client itself (a timeout, a kernel death)."""
@@ -172,6 +197,9 @@ class OutputCollector:
         """Close the file of the whole text, for an execution that ends without a result."""
         if self._full_text is not None:
             self._full_text[1].close()
+
+    def _clip(self, text: str) -> str:
+        return clip(text, self.max_chars)
 
     def _save_data(self, mime_type: str, value: Any) -> dict[str, Any]:
         """Write one type of a bundle to a new file of the output folder."""

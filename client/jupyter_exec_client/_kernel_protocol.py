@@ -142,10 +142,19 @@ class KernelProtocolSession:
         max_output_chars: int = MAX_OUTPUT_CHARS,
         interrupt_grace: float = INTERRUPT_GRACE,
         clock: Callable[[], float] = time.monotonic,
+        env: dict[str, str] | None = None,
     ) -> None:
-        """Prepare to start a kernel; raise ImportError when websocket-client is missing."""
+        """Prepare to start a kernel; raise ImportError when websocket-client is missing.
+
+        ``env`` goes to the server with the kernel's start (Kernel Gateway passes ``KERNEL_*``
+        variables to the kernel; jupyter_server 2 ignores them) and, for a Python kernel, into
+        its ``os.environ`` after every start and restart.
+        """
         require_websocket_client()
         self.api = KernelsAPI(connection_info)
+        self.env = dict(env or {})
+        # Set when the kernel is new (started, restarted, replaced): the env goes in first.
+        self._needs_env = False
         self.output_dir = output_dir
         self.max_output_chars = max_output_chars
         self.interrupt_grace = interrupt_grace
@@ -162,8 +171,9 @@ class KernelProtocolSession:
     def start(self, kernel_name: str) -> KernelFlow[str]:
         """Start a kernel and open its websocket; return the kernel's id."""
         self.kernel_name = kernel_name
-        model = yield from self.api.start_kernel(kernel_name)
+        model = yield from self.api.start_kernel(kernel_name, env=self.env)
         self.kernel_id = str(model["id"])
+        self._needs_env = True
         try:
             yield from self._open_channel()
         except BaseException:
@@ -196,6 +206,7 @@ class KernelProtocolSession:
             yield from self.api.restart_kernel(kernel_id)
         except KernelNotFoundError:
             yield from self._start_replacement()
+        self._needs_env = True
         yield from self._open_channel()
 
     def execute(
@@ -230,8 +241,10 @@ class KernelProtocolSession:
             yield from self._finish_abandoned_call(self._unfinished_msg_id, collector)
         outcome = yield from self._run(code, timeout, collector)
         if outcome.status == "timeout":
+            # "Timeout" first: AutoGen's executor says it, and agents written for it look for it.
             message = (
-                f"Execution exceeded the timeout of {timeout:g} s and the kernel was interrupted."
+                f"Timeout: execution exceeded the timeout of {timeout:g} s and the kernel was "
+                "interrupted."
             )
             if outcome.unresponsive:
                 problem = yield from self._recover(restart=True)
@@ -407,6 +420,8 @@ class KernelProtocolSession:
         """
         self._unfinished_msg_id = None
         yield from self._close_channel()
+        # Restarted here or by the server's own restarter: either way a fresh process.
+        self._needs_env = True
         try:
             model = yield from self.api.get_kernel(self._kernel_id())
             if model is None:
@@ -420,8 +435,25 @@ class KernelProtocolSession:
     def _start_replacement(self) -> KernelFlow[None]:
         """Start a new kernel in place of one the server no longer has."""
         assert self.kernel_name is not None
-        model = yield from self.api.start_kernel(self.kernel_name)
+        model = yield from self.api.start_kernel(self.kernel_name, env=self.env)
         self.kernel_id = str(model["id"])
+
+    def _set_env(self) -> KernelFlow[None]:
+        """Put ``env`` into a new kernel's ``os.environ``, silently, before any call."""
+        self._needs_env = False
+        if not self.env:
+            return
+        content = {
+            "code": f"__import__('os').environ.update({self.env!r})",
+            "silent": True,
+            "store_history": False,
+            "user_expressions": {},
+            "allow_stdin": False,
+            "stop_on_error": False,
+        }
+        request = shell_request("execute_request", content, self._client_session)
+        yield SendMessage(request)
+        yield from self._wait_until_idle(request["header"]["msg_id"], READY_TIMEOUT)
 
     # -- the websocket -------------------------------------------------------------------
 
@@ -430,6 +462,8 @@ class KernelProtocolSession:
         yield OpenChannel(path)
         self._channel_open = True
         yield from self._wait_until_answering()
+        if self._needs_env:
+            yield from self._set_env()
 
     def _wait_until_answering(self) -> KernelFlow[None]:
         """Ask for kernel_info until the kernel answers, for at most ``READY_TIMEOUT`` s.

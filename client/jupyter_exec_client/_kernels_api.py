@@ -36,11 +36,18 @@ class KernelNotFoundError(SessionNotFoundError):
 class KernelsAPI(JupyterRestAPI):
     """The calls of the kernels API on one server, as flows."""
 
-    def start_kernel(self, kernel_name: str) -> Flow[dict[str, Any]]:
-        """Start a kernel of ``kernel_name``; return its model (``id``, ``execution_state``)."""
-        request = Request(
-            "POST", KERNELS_PATH, {"name": kernel_name}, read_timeout=KERNEL_START_READ_TIMEOUT
-        )
+    def start_kernel(
+        self, kernel_name: str, env: dict[str, str] | None = None
+    ) -> Flow[dict[str, Any]]:
+        """Start a kernel of ``kernel_name``; return its model (``id``, ``execution_state``).
+
+        ``env`` is sent along: Kernel Gateway gives the kernel the ``KERNEL_*`` variables of
+        it (and those of its ``env_whitelist``); jupyter_server 2 ignores it.
+        """
+        body: dict[str, Any] = {"name": kernel_name}
+        if env:
+            body["env"] = env
+        request = Request("POST", KERNELS_PATH, body, read_timeout=KERNEL_START_READ_TIMEOUT)
         response = yield request
         if response.status >= 400 and response.status not in (401, 403):
             # Servers answer an unknown name with a bare 500 (jupyter_server, Kernel Gateway):
@@ -52,8 +59,6 @@ class KernelsAPI(JupyterRestAPI):
                 raise UnknownKernelError(
                     kernel_name,
                     available,
-                    f"Unknown kernel_name {kernel_name!r}; available kernels: "
-                    f"{', '.join(available)}",
                     method=request.method,
                     url=self.connection_info.url(request.path),
                 )

@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import http.client
 import json
+import os
 import re
 import socket
 import ssl
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from ._api import CloseStream, ReadLine, Request, Response
 from ._http import ConnectFailed, ConnectionPool
@@ -95,10 +96,26 @@ class SyncTransport:
         url = self.connection_info.url(request.path)
         pool = self._http(url)
         headers = {**self._headers, **pool.proxy_headers()}
-        body = None
+        body: bytes | BinaryIO | None = None
         if request.body is not None:
             body = json.dumps(request.body).encode()
             headers["Content-Type"] = "application/json"
+        if request.upload_from is None:
+            return self._exchange(request, url, pool, headers, body)
+        with request.upload_from.open("rb") as file:
+            headers["Content-Type"] = "application/octet-stream"
+            headers["Content-Length"] = str(os.fstat(file.fileno()).st_size)
+            return self._exchange(request, url, pool, headers, file)
+
+    def _exchange(
+        self,
+        request: Request,
+        url: str,
+        pool: ConnectionPool,
+        headers: dict[str, str],
+        body: bytes | BinaryIO | None,
+    ) -> Response:
+        """Send one request on a pooled connection and read its answer."""
         try:
             connection = pool.acquire(request.read_timeout, CONNECT_TIMEOUT)
         except ConnectFailed as e:
@@ -107,7 +124,15 @@ class SyncTransport:
                 url, cause, f"no connection within {CONNECT_TIMEOUT:g} s"
             ) from cause
         try:
-            connection.request(request.method, pool.target(url), body=body, headers=headers)
+            # A file body goes out in big pieces (http.client's default is 8 KB).
+            connection.blocksize = _CHUNK_SIZE
+            try:
+                connection.request(request.method, pool.target(url), body=body, headers=headers)
+            except OSError:
+                if request.upload_from is None:
+                    raise
+                # The server may have refused the upload (a 413) and closed its side before
+                # taking the whole body: its answer may already be waiting.
             response = connection.getresponse()
             if request.stream and response.status == 200:
                 # Given back to the pool by the stream, once its body was read whole.
@@ -121,13 +146,19 @@ class SyncTransport:
                 answer = Response(200, b"", response.reason, saved_to=path)
             elif request.save_to is not None and response.status == 200:
                 self._save(response, request.save_to)
-                answer = Response(200, b"", response.reason)
+                answer = Response(
+                    200,
+                    b"",
+                    response.reason,
+                    disposition=response.getheader("Content-Disposition", ""),
+                )
             else:
                 answer = Response(
                     response.status,
                     response.read(),
                     response.reason,
                     response.getheader("Location", ""),
+                    response.getheader("Content-Disposition", ""),
                 )
         except BaseException as e:
             # Half a request or an unread answer leaves the connection unusable.
@@ -137,7 +168,11 @@ class SyncTransport:
                     url, e, f"the server did not answer within {request.read_timeout:g} s"
                 ) from e
             raise
-        pool.release(connection, response)
+        if request.upload_from is not None and response.status >= 300:
+            # A refused upload's body may not have been read: the connection is spent.
+            connection.close()
+        else:
+            pool.release(connection, response)
         return answer
 
     @staticmethod

@@ -1,5 +1,6 @@
 """The ``jupyter-exec`` command: run a script cell by cell in a fresh session (its output
-shown as it is printed, or in the background), follow a background run, list sessions."""
+shown as it is printed, or in the background), follow a background run, list sessions, move
+files in and out of a session's working folder."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import FrameType
 from typing import IO
 
@@ -25,7 +26,7 @@ from ._executor_core import ExecutorCore, _saved_note
 from ._transport import SyncTransport, run_sync
 from .blocks import CodeBlock, IPythonCodeResult
 from .connection import JupyterConnectable, JupyterConnectionInfo
-from .errors import JupyterExecError
+from .errors import JupyterExecError, SessionNotFoundError
 from .executor import JupyterCodeExecutor
 from .local_server import LocalJupyterServer
 from .outputs import CodeError, Display, OutputCallbacks
@@ -231,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--kernel", default="python3", help="the kernel name (default: python3)")
     run.add_argument(
+        "--sandbox",
+        choices=("none", "bubblewrap"),
+        help="isolate the local server's kernel: 'bubblewrap' sandboxes it (its own folder, "
+        "no network; needs bwrap), 'none' does not (default: the server's configuration, "
+        "which is 'none'); a server at --url decides for itself",
+    )
+    run.add_argument(
         "--log-file",
         help="keep the log of the local server in this file (default: not kept)",
     )
@@ -239,6 +247,31 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start the file as one background execution of a new session on the server "
         "(needs --url), print 'SESSION_ID EXECUTION_ID' and exit; the session stays",
+    )
+    run.add_argument(
+        "--upload",
+        action="append",
+        default=[],
+        metavar="LOCAL[:REMOTE]",
+        help="copy a file into the session's working folder before the first cell (as REMOTE, "
+        "by default its name); may be repeated. With --upload or --download the code runs in "
+        "the session's working folder.",
+    )
+    run.add_argument(
+        "--download",
+        action="append",
+        default=[],
+        metavar="REMOTE[:LOCAL]",
+        help="copy a file of the session's working folder out after the last cell (to LOCAL, "
+        "by default into --output-dir); may be repeated",
+    )
+    run.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable of the session's kernel; may be repeated (values on a "
+        "command line are visible to other users: prefer a variable of your own shell)",
     )
     run.set_defaults(handler=_run)
 
@@ -260,6 +293,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="where images and HTML are saved (default: the current directory)",
     )
     attach.set_defaults(handler=_attach)
+
+    files = commands.add_parser(
+        "files",
+        parents=[server],
+        help="list, get, put or remove files of a session's working folder",
+        description="Move files in and out of the working folder of a live session of a "
+        "running server (see 'jupyter-exec sessions').",
+    )
+    files.add_argument(
+        "--session", required=True, help="the session's id or name (see 'jupyter-exec sessions')"
+    )
+    actions = files.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("ls", help="list a folder (the working folder by default)")
+    listing.add_argument("path", nargs="?", default="")
+    listing.add_argument("--json", action="store_true", help="print the entries as JSON")
+    get = actions.add_parser("get", help="download a file")
+    get.add_argument("remote")
+    get.add_argument("local", nargs="?", help="where to (default: its name, here)")
+    put = actions.add_parser("put", help="upload a file (replacing one of the same path)")
+    put.add_argument("local")
+    put.add_argument("remote", nargs="?", help="where to (default: its name, at the top)")
+    remove = actions.add_parser("rm", help="delete a file, or a folder and all in it")
+    remove.add_argument("path")
+    files.set_defaults(handler=_files)
 
     sessions = commands.add_parser(
         "sessions", parents=[server], help="list the agent sessions of a running server"
@@ -294,29 +351,119 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--output-dir {args.output_dir!r} is not a directory")
     if args.timeout < 1:
         parser.error("--timeout must be at least 1 second")
+    env = dict(_name_and_value(item, parser) for item in args.env)
+    uploads = [_pair(item, "--upload", parser) for item in args.upload]
+    downloads = [_pair(item, "--download", parser) for item in args.download]
+    for local, _remote in uploads:
+        if not Path(local).is_file():
+            parser.error(f"--upload {local!r}: no such file")
     if args.background:
-        return _run_in_background(args, parser, cells)
+        if downloads:
+            parser.error("--download needs the run's end: it cannot go with --background")
+        return _run_in_background(args, parser, cells, env, uploads)
     with contextlib.ExitStack() as stack:
         if args.url:
+            if args.sandbox is not None:
+                parser.error("--sandbox is for the local server: a server at --url has its own")
             connection: JupyterConnectable | JupyterConnectionInfo = _connection_info(args, parser)
         else:
-            connection = stack.enter_context(_embedded_server(args.log_file))
+            connection = stack.enter_context(_embedded_server(args.log_file, args.sandbox))
         executor = stack.enter_context(
             JupyterCodeExecutor(
                 connection,
                 kernel_name=args.kernel,
                 timeout=args.timeout,
                 output_dir=args.output_dir,
+                env=env,
             )
         )
-        if not args.url:
+        if not args.url and not (uploads or downloads):
             # The embedded server's sessions work in its temporary folder; code run from
             # the command line expects the folder it was started in, as `python FILE` does.
             executor.execute_code_blocks(
                 [CodeBlock(f"import os as _os\n_os.chdir({os.getcwd()!r})\ndel _os")]
             )
-        return _run_cells(executor, cells)
+        for source, target in uploads:
+            executor.upload(source, target)
+        status = _run_cells(executor, cells)
+        for remote, destination in downloads:
+            # Whatever the cells did: what they wrote before failing is still worth having.
+            saved = executor.download(remote, destination or args.output_dir)
+            print(f"jupyter-exec: downloaded {remote} to {saved}", file=sys.stderr)
+        return status
     return EXIT_OK  # pragma: no cover - the with block returns
+
+
+def _pair(item: str, option: str, parser: argparse.ArgumentParser) -> tuple[str, str | None]:
+    """``SOURCE[:TARGET]`` as (source, target or None)."""
+    source, _, target = item.partition(":")
+    if not source:
+        parser.error(f"{option} {item!r}: name a file")
+    return source, target or None
+
+
+def _name_and_value(item: str, parser: argparse.ArgumentParser) -> tuple[str, str]:
+    name, equals, value = item.partition("=")
+    if not equals or not name:
+        parser.error(f"--env {item!r}: use NAME=VALUE")
+    return name, value
+
+
+def _files(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if not args.url:
+        parser.error("files needs the server: give --url (or set JUPYTER_EXEC_URL)")
+    info = _connection_info(args, parser)
+    api = AgentSessionsAPI(info)
+    transport = SyncTransport(info)
+    try:
+        session_id = _session_id(args.session, api, transport)
+        if args.action == "ls":
+            listing = run_sync(api.list_workspace(session_id, args.path), transport)
+            _print_listing(listing["entries"], as_json=args.json)
+        elif args.action == "get":
+            remote = args.remote
+            target = Path(args.local or PurePosixPath(remote.rstrip("/")).name)
+            if target.is_dir():
+                target /= PurePosixPath(remote.rstrip("/")).name
+            partial = target.with_name(f".{target.name}.part")
+            try:
+                run_sync(api.download_workspace_file(session_id, remote, partial), transport)
+                os.replace(partial, target)
+            finally:
+                partial.unlink(missing_ok=True)
+            print(f"{remote} -> {target}")
+        elif args.action == "put":
+            local = Path(args.local)
+            if not local.is_file():
+                parser.error(f"{args.local!r}: no such file")
+            entry = run_sync(api.upload(session_id, local, args.remote or local.name), transport)
+            print(f"{local} -> {entry['path']} ({entry['size']} bytes)")
+        else:
+            run_sync(api.delete_workspace_path(session_id, args.path), transport)
+    finally:
+        transport.close()
+    return EXIT_OK
+
+
+def _session_id(id_or_name: str, api: AgentSessionsAPI, transport: SyncTransport) -> str:
+    """The id of the live session with that id or name."""
+    models = run_sync(api.list_sessions(), transport)
+    for model in models:
+        if id_or_name in (model.get("id"), model.get("name")):
+            return str(model["id"])
+    known = ", ".join(str(model.get("name")) for model in models) or "none"
+    raise SessionNotFoundError(
+        404, f"No live session with the id or name {id_or_name!r} (sessions: {known})"
+    )
+
+
+def _print_listing(entries: list[dict[str, object]], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(entries, indent=2))
+        return
+    for entry in entries:
+        suffix = "/" if entry.get("type") == "directory" else ""
+        print(f"{entry.get('size', 0)!s:>12}  {entry.get('modified', '')}  {entry['path']}{suffix}")
 
 
 def _run_cells(executor: JupyterCodeExecutor, cells: list[Cell]) -> int:
@@ -344,7 +491,11 @@ def _run_cells(executor: JupyterCodeExecutor, cells: list[Cell]) -> int:
 
 
 def _run_in_background(
-    args: argparse.Namespace, parser: argparse.ArgumentParser, cells: list[Cell]
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    cells: list[Cell],
+    env: dict[str, str],
+    uploads: list[tuple[str, str | None]],
 ) -> int:
     if not args.url:
         parser.error(
@@ -355,7 +506,10 @@ def _run_in_background(
     api = AgentSessionsAPI(info)
     transport = SyncTransport(info)
     try:
-        session = run_sync(api.create_session(args.kernel), transport)
+        session = run_sync(api.create_session(args.kernel, env=env), transport)
+        for source, target in uploads:
+            local = Path(source)
+            run_sync(api.upload(session["id"], local, target or local.name), transport)
         code = "\n\n".join(cell.code for cell in cells)
         execution = run_sync(api.start_execution(session["id"], code, args.timeout), transport)
     finally:
@@ -424,7 +578,7 @@ def _connection_info(
 
 
 @contextlib.contextmanager
-def _embedded_server(log_file: str | None) -> Iterator[LocalJupyterServer]:
+def _embedded_server(log_file: str | None, sandbox: str | None) -> Iterator[LocalJupyterServer]:
     """A local server for one run, in a temporary folder removed with it."""
     with (
         tempfile.TemporaryDirectory(prefix="jupyter-exec-") as root,
@@ -433,6 +587,7 @@ def _embedded_server(log_file: str | None) -> Iterator[LocalJupyterServer]:
             log_file=log_file or Path(root, "server.log"),
             # One session: kernels started ahead of time would only compete for the CPU.
             kernel_pool=0,
+            sandbox=sandbox,
         ) as server,
     ):
         yield server

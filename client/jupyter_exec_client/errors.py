@@ -11,7 +11,13 @@
     │   │                          is gone
     │   ├── ExecutionNotFoundError 404: no background execution of that id (or it was
     │   │                          forgotten, past the server's finished_execution_ttl)
-    │   └── UnknownKernelError     (also ValueError) no kernel of that name
+    │   ├── UnknownKernelError     (also ValueError) no kernel of that name
+    │   ├── WorkspacePathError     (also ValueError) the server refused a workspace path
+    │   │                          ('..', outside the folder, a folder where a file must be)
+    │   └── WorkspaceFileNotFoundError  (also FileNotFoundError) no such file or folder in
+    │                              the session's workspace
+    ├── WorkspaceUnavailableError  the server has no way to move files (Kernel Gateway
+    │                              without the extension has no Contents API)
     ├── ExecutorClosedError        (also RuntimeError) the executor was stopped
     ├── BackgroundUnsupportedError (also RuntimeError) background runs need the extension
     └── ServerStartError           (also RuntimeError) a Local/DockerJupyterServer failed to start
@@ -21,7 +27,8 @@ websocket; without the ``websocket-client`` package that raises :class:`ImportEr
 ``pip install "jupyter-exec-client[websocket]"``.
 
 Arguments that are wrong before anything is sent (a missing ``output_dir``, a timeout below
-1 second) raise a plain :class:`ValueError`, as AutoGen's executor does.
+1 second) raise a plain :class:`ValueError`, as AutoGen's executor does; a local file that
+is not there to upload raises :class:`FileNotFoundError`, as ``open`` does.
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ __all__ = [
     "ServerStartError",
     "SessionNotFoundError",
     "UnknownKernelError",
+    "WorkspaceFileNotFoundError",
+    "WorkspacePathError",
+    "WorkspaceUnavailableError",
 ]
 
 #: Added to a TLS failure: what to do about a server with a private or self-signed certificate.
@@ -132,21 +142,42 @@ class ExecutionNotFoundError(APIError):
 
 
 class UnknownKernelError(APIError, ValueError):
-    """The server has no kernel of the requested name; ``available_kernels`` lists those it has."""
+    """The server has no kernel of the requested name; ``available_kernels`` lists those it has.
+
+    Its message begins as AutoGen's ``ValueError`` for this does ("Kernel ... is not
+    installed."), so code that matches that message matches this one.
+    """
 
     def __init__(
         self,
         kernel_name: str,
         available_kernels: list[str],
-        message: str,
         *,
         method: str = "",
         url: str = "",
     ) -> None:
         """Keep the requested ``kernel_name`` and the ``available_kernels``."""
+        message = (
+            f"Kernel {kernel_name!r} is not installed. The server's kernels are: "
+            f"{', '.join(available_kernels) or '(none)'}."
+        )
         super().__init__(400, message, method=method, url=url, explanation=message)
         self.kernel_name = kernel_name
         self.available_kernels = available_kernels
+
+
+class WorkspacePathError(APIError, ValueError):
+    """The server refused a path of the session's workspace (HTTP 400 or 409): ``..``, an
+    absolute path, a symlink out of the folder, a file where a folder is, or the reverse."""
+
+
+class WorkspaceFileNotFoundError(APIError, FileNotFoundError):
+    """No file or folder at that path of the session's workspace (HTTP 404)."""
+
+
+class WorkspaceUnavailableError(JupyterExecError):
+    """The server cannot move files in and out: it has neither the agent-session API nor a
+    Contents API (Jupyter Kernel Gateway, for one)."""
 
 
 class ExecutorClosedError(JupyterExecError, RuntimeError):

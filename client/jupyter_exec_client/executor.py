@@ -35,16 +35,24 @@ class _ExecutorBase:
         output_dir: str | PathLike[str] = ".",
         *,
         fallback: bool = True,
+        env: dict[str, str] | None = None,
     ) -> None:
         """Check the arguments and prepare the connection; nothing is sent yet."""
         self._core = ExecutorCore(
-            as_connection_info(jupyter_server), kernel_name, timeout, output_dir, fallback=fallback
+            as_connection_info(jupyter_server),
+            kernel_name,
+            timeout,
+            output_dir,
+            fallback=fallback,
+            env=env,
         )
         # Holding the server keeps a LocalJupyterServer passed inline alive (and running)
         # as long as its executor.
         self._jupyter_server = jupyter_server
         self._transport = SyncTransport(self._core.connection_info)
         self._code_extractor = MarkdownCodeExtractor()
+        # As given (AutoGen's `_output_dir`); the core keeps it resolved.
+        self._output_dir_as_given = Path(output_dir)
 
     @property
     def code_extractor(self) -> MarkdownCodeExtractor:
@@ -93,6 +101,30 @@ class _ExecutorBase:
         """Whether the executor was stopped."""
         return self._core.state == "closed"
 
+    # AutoGen's executor keeps its arguments in these attributes, and its tests and code built
+    # on it read them: the same values, read-only.
+
+    @property
+    def _timeout(self) -> float:
+        return self._core.timeout
+
+    @property
+    def _kernel_name(self) -> str:
+        return self._core.kernel_name
+
+    @property
+    def _output_dir(self) -> Path:
+        """The ``output_dir`` argument as a ``Path``, relative if it was given so."""
+        return self._output_dir_as_given
+
+    @property
+    def _connection_info(self) -> JupyterConnectionInfo:
+        return self._core.connection_info
+
+    @property
+    def _kernel_id(self) -> str | None:
+        return self._core.kernel_id
+
     def _session_for(self, session_id: str | None) -> str:
         """The session an execution handle is for: the given one, else the executor's."""
         session_id = session_id or self._core.session_id
@@ -110,7 +142,12 @@ class JupyterCodeExecutor(_ExecutorBase):
     end of a ``with`` block). ``jupyter_server`` is a :class:`LocalJupyterServer`, anything
     with a ``connection_info``, or a :class:`JupyterConnectionInfo`. ``timeout`` (seconds, at
     least 1) limits each block: the server interrupts it and the result keeps what it
-    printed. Rich outputs are saved into ``output_dir``, which must exist.
+    printed. Rich outputs are saved into ``output_dir``, which must exist. ``env`` adds
+    environment variables to the session's kernel (kept across restarts; the server shows
+    only their names).
+
+    :meth:`upload`, :meth:`download`, :meth:`list_files` and :meth:`delete_file` move files
+    in and out of the session's working folder, the kernel's current directory.
 
     A Jupyter server without the agent-session API (a plain ``jupyter server``, Kernel
     Gateway) is used through its standard kernels API and a kernel websocket, with the same
@@ -126,9 +163,12 @@ class JupyterCodeExecutor(_ExecutorBase):
         output_dir: str | PathLike[str] = ".",
         *,
         fallback: bool = True,
+        env: dict[str, str] | None = None,
     ) -> None:
         """Check the arguments and create the agent session on the server."""
-        super().__init__(jupyter_server, kernel_name, timeout, output_dir, fallback=fallback)
+        super().__init__(
+            jupyter_server, kernel_name, timeout, output_dir, fallback=fallback, env=env
+        )
         try:
             self._run(self._core.start())
         except BaseException:
@@ -205,6 +245,27 @@ class JupyterCodeExecutor(_ExecutorBase):
     def restart(self) -> None:
         """Give the session a fresh kernel: every variable is gone."""
         self._run(self._core.restart())
+
+    def upload(
+        self, local_path: str | PathLike[str], remote_path: str | None = None
+    ) -> dict[str, Any]:
+        """Copy a local file into the session's working folder (``remote_path`` relative to
+        it, by default the file's name; folders are created); return the file's entry."""
+        return self._run(self._core.upload(local_path, remote_path))
+
+    def download(self, remote_path: str, local_path: str | PathLike[str] | None = None) -> Path:
+        """Copy a file of the working folder to ``local_path`` (by default into
+        ``output_dir``), replacing what is there; return where it went."""
+        return self._run(self._core.download(remote_path, local_path))
+
+    def list_files(self, path: str = "") -> list[dict[str, Any]]:
+        """The entries (``name``, ``path``, ``type``, ``size``, ``modified``) of a folder of
+        the working folder; the working folder itself by default."""
+        return self._run(self._core.list_files(path))
+
+    def delete_file(self, path: str) -> None:
+        """Delete a file, or a folder with everything in it, of the working folder."""
+        self._run(self._core.delete_file(path))
 
     def interrupt(self) -> None:
         """Interrupt the running code (call it from another thread)."""
@@ -333,6 +394,26 @@ class AsyncJupyterCodeExecutor(_ExecutorBase):
     async def restart(self) -> None:
         """Give the session a fresh kernel: every variable is gone."""
         await self._run(self._core.restart())
+
+    async def upload(
+        self, local_path: str | PathLike[str], remote_path: str | None = None
+    ) -> dict[str, Any]:
+        """Copy a local file into the session's working folder; see the blocking executor."""
+        return await self._run(self._core.upload(local_path, remote_path))
+
+    async def download(
+        self, remote_path: str, local_path: str | PathLike[str] | None = None
+    ) -> Path:
+        """Copy a file of the working folder to ``local_path``; return where it went."""
+        return await self._run(self._core.download(remote_path, local_path))
+
+    async def list_files(self, path: str = "") -> list[dict[str, Any]]:
+        """The entries of a folder of the working folder (by default the folder itself)."""
+        return await self._run(self._core.list_files(path))
+
+    async def delete_file(self, path: str) -> None:
+        """Delete a file, or a folder with everything in it, of the working folder."""
+        await self._run(self._core.delete_file(path))
 
     async def interrupt(self) -> None:
         """Interrupt the running code."""

@@ -57,6 +57,10 @@ class LocalJupyterServer:
     ``other_extensions=True`` loads the environment's other server extensions as well (for
     JupyterLab at ``connection_info.base_url + "lab"``). ``kernel_pool`` kernels are kept
     started ahead of time for new sessions (None: the server's configuration).
+    ``sandbox`` is how session kernels are isolated: ``"bubblewrap"`` runs each in a
+    bubblewrap sandbox that sees only its own folder and no network (Linux, with ``bwrap``
+    installed; session creation fails where it cannot be made), ``"none"`` runs them as your
+    user, None leaves it to the server's configuration (``"none"`` by default).
     ``extra_args`` are added to the server's command line.
     """
 
@@ -74,6 +78,7 @@ class LocalJupyterServer:
         start_timeout: float = 60.0,
         stop_timeout: float = 10.0,
         kernel_pool: int | None = 1,
+        sandbox: str | None = None,
         other_extensions: bool = False,
         extra_args: Sequence[str] = (),
     ) -> None:
@@ -91,7 +96,9 @@ class LocalJupyterServer:
         self.root_dir = Path(root_dir if root_dir is not None else os.getcwd()).resolve()
         self.log_level = log_level
         self._stop_timeout = stop_timeout
-        self._options = _server_options(kernel_pool, other_extensions, extra_args)
+        if sandbox not in (None, "none", "bubblewrap"):
+            raise ValueError(f"sandbox must be 'none', 'bubblewrap' or None, not {sandbox!r}")
+        self._options = _server_options(kernel_pool, sandbox, other_extensions, extra_args)
         log_handler = logging.handlers.RotatingFileHandler(
             self.log_file, maxBytes=log_max_bytes, backupCount=log_backup_count, encoding="utf-8"
         )
@@ -308,11 +315,13 @@ def _importable(module: str) -> bool:
 
 
 def _server_options(
-    kernel_pool: int | None, other_extensions: bool, extra_args: Sequence[str]
+    kernel_pool: int | None, sandbox: str | None, other_extensions: bool, extra_args: Sequence[str]
 ) -> list[str]:
     options = []
     if kernel_pool is not None:
         options.append(f"--AgentSessionManager.kernel_pool=python3={kernel_pool}")
+    if sandbox is not None:
+        options.append(f"--AgentSessionManager.sandbox={sandbox}")
     if not other_extensions:
         options += [f"--ServerApp.jpserver_extensions={name}=False" for name in _other_extensions()]
     return [*options, *extra_args]
