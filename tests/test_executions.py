@@ -431,6 +431,31 @@ async def test_bad_input_on_the_new_routes(api: Api) -> None:
     assert (await api.execute(sid, "print(2)"))["output"] == "2\n"
 
 
+@pytest.mark.parametrize("agent_config", [{"max_output_chars": 2000}])
+async def test_texts_sent_in_pieces_give_bounded_events(api: Api) -> None:
+    """A 200,000-character print, result and error reach the server in pieces of 64 KiB:
+    the print is streamed piece by piece, the result and the error come as one event each
+    once complete, their texts cut to the head and tail of max_output_chars."""
+    session = await api.create()
+    code = "print('p' * 200_000)\ndisplay('r' * 200_000)\nraise ValueError('e' * 200_000)"
+    blocking = await api.execute(session["id"], code)
+    received = await streamed(api, session["id"], code)
+    assert comparable(received.done) == comparable(blocking)
+    printed = [e["text"] for e in received.outputs if e["type"] == "stream"]
+    assert "".join(printed) == "p" * 200_000 + "\n"
+    assert len(printed) > 1
+    assert max(len(text) for text in printed) <= 64 * 1024
+    [display] = [e for e in received.outputs if e["type"] == "display"]
+    [error] = [e for e in received.outputs if e["type"] == "error"]
+    assert display["truncated"] is error["truncated"] is True
+    assert display["text"].startswith("'rrr") and display["text"].endswith("rrr'")
+    assert "characters cut" in display["text"]
+    assert len(display["text"]) < 2100
+    assert len(error["evalue"]) < 2100 and error["evalue"].startswith("eee")
+    assert len("\n".join(error["traceback"])) < 2100
+    assert error["ename"] == "ValueError"
+
+
 async def test_a_large_background_run_keeps_only_head_and_tail_of_its_events(
     api: Api, manager: Any
 ) -> None:
