@@ -988,7 +988,17 @@ class Benchmark:
         floor: list[float] = []
 
         def measure(into: list[float]) -> Callable[[str], None]:
-            return lambda text: into.append(time.time() - float(text))
+            # A loaded kernel may send the printed line in two messages (its periodic flush
+            # falls between print's two writes): the line counts once it is whole.
+            line: list[str] = []
+
+            def received(text: str) -> None:
+                line.append(text)
+                if text.endswith("\n"):
+                    into.append(time.time() - float("".join(line)))
+                    line.clear()
+
+            return received
 
         for _ in range(self.settings.warmup_calls):
             session.executor.run(code)
