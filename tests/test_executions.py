@@ -448,10 +448,12 @@ async def test_texts_sent_in_pieces_give_bounded_events(api: Api) -> None:
     [display] = [e for e in received.outputs if e["type"] == "display"]
     [error] = [e for e in received.outputs if e["type"] == "error"]
     assert display["truncated"] is error["truncated"] is True
-    assert display["text"].startswith("'rrr") and display["text"].endswith("rrr'")
+    assert display["text"].startswith("'rrr")
+    assert display["text"].endswith("rrr'")
     assert "characters cut" in display["text"]
     assert len(display["text"]) < 2100
-    assert len(error["evalue"]) < 2100 and error["evalue"].startswith("eee")
+    assert len(error["evalue"]) < 2100
+    assert error["evalue"].startswith("eee")
     assert len("\n".join(error["traceback"])) < 2100
     assert error["ename"] == "ValueError"
 
