@@ -1,6 +1,6 @@
 """Measure our path (client -> extension -> kernel) against the raw kernel floor, in one run.
 
-Usage: ``python benchmarks/run.py [--quick] [--json PATH] [--strict]``
+Usage: ``python benchmarks/run.py [--quick] [--live-only] [--json PATH] [--strict]``
 
 Our path runs through real ``jupyter server`` subprocesses with the extension; the floor is
 jupyter_client's ``BlockingKernelClient`` driving an ipykernel from this process, doing the
@@ -100,6 +100,9 @@ class Settings:
     concurrency_rounds: int
     cpu_window: float
     startup_runs: int
+    latency_calls: int = 100
+    streamed_calls: int = 200
+    background_megabytes: int = 100
 
 
 FULL = Settings(
@@ -135,6 +138,9 @@ QUICK = Settings(
     concurrency_rounds=1,
     cpu_window=1.0,
     startup_runs=1,
+    latency_calls=10,
+    streamed_calls=20,
+    background_megabytes=10,
 )
 
 
@@ -637,18 +643,27 @@ class RawKernel:
                 raise RawKernelDiedError("A raw kernel died while starting")
         raise BenchmarkError(f"A raw kernel did not answer within {timeout} s")
 
-    def execute(self, code: str) -> RawOutput:
-        """Run code; wait for its idle status on IOPub and its shell reply."""
+    def execute(self, code: str, on_stream: Callable[[str], None] | None = None) -> RawOutput:
+        """Run code; wait for its idle status on IOPub and its shell reply.
+
+        ``on_stream`` is called with each printed text as it arrives on IOPub.
+        """
         msg_id = self.client.execute(
             code, silent=False, store_history=True, allow_stdin=False, stop_on_error=True
         )
         output = RawOutput()
-        reply = self._wait(msg_id, output, timeout=REQUEST_TIMEOUT)
+        reply = self._wait(msg_id, output, timeout=REQUEST_TIMEOUT, on_stream=on_stream)
         if reply["content"]["status"] != "ok":
             raise BenchmarkError(f"Raw code failed: {reply['content']}")
         return output
 
-    def _wait(self, msg_id: str, output: RawOutput, timeout: float) -> dict[str, Any]:
+    def _wait(
+        self,
+        msg_id: str,
+        output: RawOutput,
+        timeout: float,
+        on_stream: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
         """Collect IOPub output of ``msg_id`` until idle, then return its shell reply."""
         deadline = time.perf_counter() + timeout
         texts = []
@@ -661,6 +676,8 @@ class RawKernel:
                 break
             if msg_type == "stream":
                 texts.append(content["text"])
+                if on_stream is not None:
+                    on_stream(content["text"])
             elif msg_type in ("display_data", "execute_result") and "image/png" in content["data"]:
                 output.images.append(content["data"]["image/png"])
         output.text = "".join(texts)
@@ -743,13 +760,15 @@ class Target:
     kind: str  # "max" | "ratio_max" | "ratio_min"
     limit: float
     unit: str = ""
+    #: What the ratio is against: the raw floor, or another path of ours (``unstreamed``).
+    against: str = "raw"
 
     def text(self) -> str:
         """The goal as the table shows it."""
         if self.kind == "max":
             return f"< {self.limit:g} {self.unit}".strip()
         sign = "<=" if self.kind == "ratio_max" else ">="
-        return f"{sign} {self.limit:g}x raw"
+        return f"{sign} {self.limit:g}x {self.against}"
 
 
 @dataclass
@@ -920,6 +939,10 @@ class Benchmark:
         self.measure_roundtrip(session, raw)
         self.measure_plot(session, raw)
         self.measure_prints(session, raw)
+        if isinstance(session, ExecutorSession):
+            self.measure_print_latency(session, raw)
+            self.measure_streamed_roundtrip(session)
+            self.measure_background_memory(session, pooled_server)
         session.close()
         self.measure_pool_creation(pooled_server)
         self.measure_huge_output_memory(pooled_server)
@@ -935,7 +958,136 @@ class Benchmark:
         self.measure_workspace_tracking(stack)
         self.measure_sandbox(stack)
 
+    def run_live(self, stack: contextlib.ExitStack) -> None:
+        """Only the live-output lines: streamed latency and cost, a big background run."""
+        progress("Starting a server (with the gc probe) and a raw kernel for live output")
+        server = ServerProcess(self.work_dir, self.sweeper, kernel_pool={}, probe=True)
+        stack.callback(server.stop)
+        raw = RawKernel.start()
+        stack.callback(raw.shutdown)
+        self.ours.check(server, self.output_dir)
+        progress(f"Our path is driven by: {self.ours.description}")
+        if self.ours.client is None:
+            raise BenchmarkError("The live-output lines need jupyter_exec_client")
+        session = ExecutorSession(self.ours.client, server, self.output_dir)
+        stack.callback(session.close)
+        self.measure_print_latency(session, raw)
+        self.measure_streamed_roundtrip(session)
+        self.measure_background_memory(session, server)
+
     # -- phases ----------------------------------------------------------------------------
+
+    def measure_print_latency(self, session: ExecutorSession, raw: RawKernel) -> None:
+        """From a ``print`` in the kernel to the client's ``on_stdout`` (and to the raw
+        client's IOPub read), on one machine's clock."""
+        calls = self.settings.latency_calls
+        progress(f"print -> on_stdout latency: {calls} calls each")
+        # The sleep keeps the call running: the line travels alone, as in a long cell.
+        code = "import time\nprint(repr(time.time()), flush=True)\ntime.sleep(0.02)"
+        ours: list[float] = []
+        floor: list[float] = []
+
+        def measure(into: list[float]) -> Callable[[str], None]:
+            # A loaded kernel may send the printed line in two messages (its periodic flush
+            # falls between print's two writes): the line counts once it is whole.
+            line: list[str] = []
+
+            def received(text: str) -> None:
+                line.append(text)
+                if text.endswith("\n"):
+                    into.append(time.time() - float("".join(line)))
+                    line.clear()
+
+            return received
+
+        for _ in range(self.settings.warmup_calls):
+            session.executor.run(code)
+            raw.execute(code)
+        for _ in range(calls):
+            session.executor.run(code, on_stdout=measure(ours))
+            raw.execute(code, on_stream=measure(floor))
+        ours_ms, floor_ms = milliseconds(ours), milliseconds(floor)
+        self.add(
+            Metric(
+                "print_latency_median",
+                "print -> on_stdout latency, median",
+                "ms",
+                statistics.median(ours_ms),
+                statistics.median(floor_ms),
+                Target("ratio_max", 1.5),
+                {"ours": summary(ours_ms), "raw": summary(floor_ms)},
+            )
+        )
+
+    def measure_streamed_roundtrip(self, session: ExecutorSession) -> None:
+        """``x=1`` through ``run`` (streamed) against ``execute_code_blocks``, interleaved."""
+        settings = self.settings
+        calls = settings.streamed_calls
+        progress(f"{CALL_CODE!r} streamed vs unstreamed: {calls} calls each")
+        for _ in range(settings.warmup_calls):
+            session.executor.run(CALL_CODE)
+            session.run(CALL_CODE)
+        streamed: list[float] = []
+        blocking: list[float] = []
+        while len(streamed) < calls:
+            block = min(settings.roundtrip_block, calls - len(streamed))
+            streamed.extend(timed(lambda: session.executor.run(CALL_CODE)) for _ in range(block))
+            blocking.extend(timed(lambda: session.run(CALL_CODE)) for _ in range(block))
+        streamed_ms, blocking_ms = milliseconds(streamed), milliseconds(blocking)
+        self.add(
+            Metric(
+                "streamed_roundtrip_median",
+                f"{CALL_CODE} streamed (vs unstreamed), median",
+                "ms",
+                statistics.median(streamed_ms),
+                statistics.median(blocking_ms),
+                Target("ratio_max", 1.1, against="unstreamed"),
+                {"streamed": summary(streamed_ms), "unstreamed": summary(blocking_ms)},
+            )
+        )
+
+    def measure_background_memory(self, session: ExecutorSession, server: ServerProcess) -> None:
+        """The server's RSS while a background run prints ``background_megabytes`` MB."""
+        megabytes = self.settings.background_megabytes
+        progress(f"Background run printing {megabytes} MB: server RSS")
+        session.run(CALL_CODE)
+        baseline = server.rss_after_gc()
+        peak = baseline
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            process = psutil.Process(server.pid)
+            while not done.wait(0.02):
+                peak = max(peak, process.memory_info().rss)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            code = f"for _ in range({megabytes}):\n    print('x' * 999_999)"
+            execution = session.executor.start(code, timeout=REQUEST_TIMEOUT)
+            result = execution.wait(timeout=REQUEST_TIMEOUT)
+        finally:
+            done.set()
+            sampler.join()
+        if result.exit_code != 0:
+            raise BenchmarkError(f"The background run failed: {result.output[:300]}")
+        after = server.rss_after_gc()
+        growth = (peak - baseline) / MEGABYTE
+        self.add(
+            Metric(
+                "background_print_rss",
+                f"background run printing {megabytes} MB: server RSS growth",
+                "MB",
+                growth,
+                target=Target("max", 50.0, "MB"),
+                details={
+                    "baseline_mb": baseline / MEGABYTE,
+                    "peak_mb": peak / MEGABYTE,
+                    "after_gc_mb": after / MEGABYTE,
+                },
+            )
+        )
 
     def measure_local_startup(self) -> None:
         """LocalJupyterServer() + executor + first execute of ``1``, absolute."""
@@ -1471,6 +1623,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "--strict", action="store_true", help="exit with status 1 when a target is missed"
     )
     parser.add_argument(
+        "--live-only",
+        action="store_true",
+        help="only the live-output lines (streamed latency and cost, a big background run)",
+    )
+    parser.add_argument(
         "--sandbox-only",
         action="store_true",
         help="only the sandbox lines: sandboxed sessions against unsandboxed ones",
@@ -1497,7 +1654,9 @@ def main(argv: list[str] | None = None) -> int:
     benchmark = Benchmark(settings, work_dir, sweeper)
     try:
         with contextlib.ExitStack() as stack:
-            if arguments.sandbox_only:
+            if arguments.live_only:
+                benchmark.run_live(stack)
+            elif arguments.sandbox_only:
                 benchmark.measure_sandbox(stack)
             else:
                 benchmark.run(stack)

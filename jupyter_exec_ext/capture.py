@@ -10,12 +10,17 @@ in ``outputs`` holds exactly the part of its text that ``output`` shows. An erro
 which ``output`` shows only inside the traceback, is cut to its own head and tail. Long texts
 arrive in pieces (the kernel helper sends them so, see :data:`kernel_helper.PIECE_CHARS`), so
 no text is ever held whole.
+
+A listener (streamed and background executions) is told of each item as it happens: each
+printed chunk as it comes, a result, display or error once its text is complete, with the
+text cut to the same head and tail as the error's value.
 """
 
 from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,12 +114,21 @@ class _Continued:
 class OutputCapture:
     """Collects the outputs of one execution, in order, with bounded memory."""
 
-    def __init__(self, store: OutputStore | None, max_chars: int = 100_000) -> None:
+    def __init__(
+        self,
+        store: OutputStore | None,
+        max_chars: int = 100_000,
+        listener: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         """Save files to ``store``; keep at most ``max_chars`` of text (0: no limit).
 
         Without a store (internal calls whose output nobody downloads) rich data is not
-        saved and text is not cut.
+        saved and text is not cut. ``listener``, when given, is called with each output
+        event, numbered by ``seq`` from 1: a stream event carries only the newly printed
+        text; a result, display or error comes once complete, its texts cut to ``max_chars``.
         """
+        self.listener = listener
+        self._seq = 0
         self.store = store
         self.max_chars = max_chars if store is not None else 0
         self.files: list[StoredFile] = []
@@ -165,6 +179,7 @@ class OutputCapture:
         text = strip_ansi(text)
         if not text:
             return
+        self._emit({"type": "stream", "name": name, "text": text})
         self._ends_with_newline = text.endswith("\n")
         parts = self._tail if self._full_text is not None else self._head
         last = parts[-1] if parts else None
@@ -211,6 +226,8 @@ class OutputCapture:
             elif problem is not None:
                 markers.append(f"[{mime_type}: not kept, {problem}]")
         item = _Item(model)
+        if self.listener is not None and chosen.text is not None:
+            item.clips["text"] = Clip(self.max_chars)  # the event's text, head and tail
         closing = "".join(f"\n{marker}" for marker in markers) + "\n"
         if chosen.text is None and markers:
             closing = closing[1:]
@@ -260,6 +277,7 @@ class OutputCapture:
         self._close_continued()
         item = _Item({"type": "note", "text": text})
         self._start_block(item)
+        self._emit(dict(item.model))
         self._add(_Part(item, None, f"[{text}]\n"))
         self._ends_with_newline = True
 
@@ -384,8 +402,16 @@ class OutputCapture:
             summary = item.summary
             summary["evalue"] = item.clips["evalue"].text()
             summary["traceback"] = item.clips["traceback"].text().split("\n")
+        if self.listener is not None:
+            self._emit(_event(item))
         self._add(_Part(item, None, continued.closing))
         self._ends_with_newline = True
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        """Tell the listener of an event, numbered by ``seq``."""
+        if self.listener is not None:
+            self._seq += 1
+            self.listener({**event, "seq": self._seq})
 
     def _grow(self, last: _Part, text: str) -> None:
         """Append ``text`` to the last part, where the text goes now."""
@@ -459,3 +485,14 @@ def _known_fields(continued: dict[str, int] | None, fields: tuple[str, ...]) -> 
         for name, length in (continued or {}).items()
         if name in fields and isinstance(length, int) and length > 0
     }
+
+
+def _event(item: _Item) -> dict[str, Any]:
+    """The event of a complete result, display or error: its model, texts from its clips."""
+    event = dict(item.model)
+    for name, clip in item.clips.items():
+        text = clip.text()
+        event[name] = text.split("\n") if name == "traceback" else text
+        if clip.limit and clip.total > clip.limit:
+            event["truncated"] = True
+    return event

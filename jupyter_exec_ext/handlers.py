@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
@@ -12,7 +13,9 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 from tornado.http1connection import HTTP1Connection
+from tornado.iostream import StreamClosedError
 
+from .executions import Execution
 from .manager import AgentSessionManager
 from .spec import validation_error
 from .store import StoredFileChangedError
@@ -23,6 +26,8 @@ from .workspace import OpenedFile, Upload
 AUTH_RESOURCE = "kernels"
 
 _SESSION_ID = r"(?P<session_id>[^/]+)"
+_EXECUTION_ID = r"(?P<execution_id>[^/]+)"
+NDJSON = "application/x-ndjson"
 _CHUNK_SIZE = 1 << 20
 
 
@@ -132,20 +137,84 @@ class SessionHandler(AgentSessionsAPIHandler):
         self.finish()
 
 
-class ExecuteHandler(AgentSessionsAPIHandler):
+class EventStreamHandler(AgentSessionsAPIHandler):
+    """Base of the handlers that answer with an execution's events, one JSON object a line."""
+
+    _gone = False
+
+    async def stream_events(self, execution: Execution, after: int) -> None:
+        """Send the events after ``after`` (kept ones, then live ones), then ``done``.
+
+        Each line is flushed as it comes; a heartbeat line goes out after
+        ``heartbeat_interval`` seconds without one, so proxies keep the connection.
+        """
+        interval = self.agent_session_manager.executions.heartbeat_interval
+        self.set_header("Content-Type", NDJSON)
+        self.set_header("Cache-Control", "no-cache")
+        # Proxies that buffer answers (nginx) would hold the lines back until the end.
+        self.set_header("X-Accel-Buffering", "no")
+        # Lines are small and must leave at once, not wait for the ACK of the one before.
+        stream = getattr(self.request.connection, "stream", None)
+        if stream is not None:
+            stream.set_nodelay(True)
+        reader = execution.log.open_reader(after)
+        try:
+            while not self._gone:
+                events = execution.events_after(reader.seq)
+                if events:
+                    self.write("".join(json.dumps(event) + "\n" for event in events))
+                    await self.flush()
+                    execution.log.advance(reader, events[-1]["seq"])
+                elif execution.done:
+                    self.write(json.dumps({"type": "done", "result": execution.result}) + "\n")
+                    break
+                elif not await execution.changed(interval):
+                    self.write('{"type": "heartbeat"}\n')
+                    await self.flush()
+        except StreamClosedError:
+            return
+        finally:
+            execution.log.close_reader(reader)
+        if not self._gone:
+            self.finish(set_content_type=NDJSON)
+
+    def on_connection_close(self) -> None:
+        """Stop sending to a client that went away."""
+        self._gone = True
+
+
+class ExecuteHandler(EventStreamHandler):
     """``/api/agent-sessions/{id}/execute``: run code.
 
-    A client that disconnects abandons its call: a call still waiting for its turn never
-    runs, and a running one is interrupted, so the session is free for the next call.
+    A blocking or streamed call belongs to its request: when the client disconnects, a call
+    still waiting for its turn never runs, and a running one is interrupted, so the session
+    is free for the next call. A background call belongs to nobody: it runs to its end.
     """
 
-    _execution: asyncio.Future[dict[str, Any]] | None = None
+    _execution: asyncio.Future[Any] | None = None
 
     @web.authenticated
     @authorized(action="execute")
     async def post(self, session_id: str) -> None:
-        """Run the body's code and answer with the execution result."""
+        """Run the body's code: answer with its result, its events, or its execution."""
         body = self.validated_body("ExecuteRequest")
+        stream, background = body.get("stream", False), body.get("background", False)
+        if stream and background:
+            raise web.HTTPError(
+                400, "stream and background cannot both be true: follow a background "
+                "execution with GET .../executions/{execution_id}/events"
+            )
+        if stream or background:
+            execution = self.agent_session_manager.start_execution(
+                session_id, body["code"], timeout=body.get("timeout"), background=background
+            )
+            if background:
+                self.set_header("Location", _execution_url(self.base_url, execution))
+                self.finish_json(execution.model(), status=202)
+                return
+            self._execution = execution.task
+            await self.stream_events(execution, after=0)
+            return
         self._execution = asyncio.ensure_future(
             self.agent_session_manager.execute(
                 session_id, body["code"], timeout=body.get("timeout")
@@ -160,6 +229,7 @@ class ExecuteHandler(AgentSessionsAPIHandler):
 
     def on_connection_close(self) -> None:
         """Abandon the call of a client that went away."""
+        super().on_connection_close()
         if self._execution is not None and not self._execution.done():
             self._execution.cancel()
 
@@ -312,6 +382,80 @@ class WorkspaceHandler(AgentSessionsAPIHandler):
         self.on_finish()
 
 
+# -- background executions ----------------------------------------------------------------
+
+
+def _execution_url(base_url: str, execution: Execution) -> str:
+    return url_path_join(
+        base_url, "api/agent-sessions", execution.session_id, "executions", execution.id
+    )
+
+
+def _number_argument(handler: web.RequestHandler, name: str, *, integer: bool) -> float:
+    """A query argument that must be a number of 0 or more (0 when it is left out)."""
+    raw = handler.get_query_argument(name, None)
+    if raw is None:
+        return 0
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        value = -1
+    if not (math.isfinite(value) and value >= 0):
+        kind = "a whole number" if integer else "a number of seconds"
+        raise web.HTTPError(400, f"{name} must be {kind}, 0 or more, not {raw!r}")
+    return value
+
+
+class ExecutionsHandler(AgentSessionsAPIHandler):
+    """``/api/agent-sessions/{id}/executions``: the session's recent background executions."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, session_id: str) -> None:
+        """List the kept background executions, oldest first (without their results)."""
+        self.finish_json(self.agent_session_manager.list_executions(session_id))
+
+
+class ExecutionHandler(AgentSessionsAPIHandler):
+    """``/api/agent-sessions/{id}/executions/{execution_id}``: one background execution."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, session_id: str, execution_id: str) -> None:
+        """The execution's model, with its result once it ended; ``?wait=S`` long-polls."""
+        wait = _number_argument(self, "wait", integer=False)
+        manager = self.agent_session_manager
+        execution = manager.get_execution(session_id, execution_id)
+        if wait:
+            await execution.wait(min(wait, manager.executions.max_wait))
+        self.finish_json(execution.model())
+
+
+class ExecutionEventsHandler(EventStreamHandler):
+    """``/api/agent-sessions/{id}/executions/{execution_id}/events``: follow an execution."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, session_id: str, execution_id: str) -> None:
+        """The events after ``?after=N`` (kept, then live), then ``done``; the run goes on
+        whatever happens to this connection."""
+        after = int(_number_argument(self, "after", integer=True))
+        execution = self.agent_session_manager.get_execution(session_id, execution_id)
+        await self.stream_events(execution, after=after)
+
+
+class ExecutionInterruptHandler(AgentSessionsAPIHandler):
+    """``/api/agent-sessions/{id}/executions/{execution_id}/interrupt``."""
+
+    @web.authenticated
+    @authorized(action="execute")
+    async def post(self, session_id: str, execution_id: str) -> None:
+        """Stop the execution: a queued one never runs, a running one is interrupted."""
+        await self.agent_session_manager.interrupt_execution(session_id, execution_id)
+        self.set_status(204)
+        self.finish()
+
+
 default_handlers: list[tuple[str, type[AgentSessionsAPIHandler]]] = [
     (r"/api/agent-sessions/?", SessionsHandler),
     (rf"/api/agent-sessions/{_SESSION_ID}/?", SessionHandler),
@@ -321,4 +465,14 @@ default_handlers: list[tuple[str, type[AgentSessionsAPIHandler]]] = [
     (rf"/api/agent-sessions/{_SESSION_ID}/files/(?P<file_id>[^/]+)", FileHandler),
     (rf"/api/agent-sessions/{_SESSION_ID}/workspace/?", WorkspaceRootHandler),
     (rf"/api/agent-sessions/{_SESSION_ID}/workspace/(?P<path>.+)", WorkspaceHandler),
+    (rf"/api/agent-sessions/{_SESSION_ID}/executions/?", ExecutionsHandler),
+    (rf"/api/agent-sessions/{_SESSION_ID}/executions/{_EXECUTION_ID}/?", ExecutionHandler),
+    (
+        rf"/api/agent-sessions/{_SESSION_ID}/executions/{_EXECUTION_ID}/events",
+        ExecutionEventsHandler,
+    ),
+    (
+        rf"/api/agent-sessions/{_SESSION_ID}/executions/{_EXECUTION_ID}/interrupt",
+        ExecutionInterruptHandler,
+    ),
 ]

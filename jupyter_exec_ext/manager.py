@@ -28,6 +28,7 @@ from traitlets.config import LoggingConfigurable
 import kernel_helper
 
 from .changes import WorkspaceChanges
+from .executions import Execution, ExecutionRegistry
 from .gateway import GatewayKernelConnection, is_gateway_kernel_manager, kernel_spec_from_model
 from .kernel import KernelConnection, KernelDied
 from .pool import KernelPool
@@ -319,6 +320,8 @@ class AgentSessionManager(LoggingConfigurable):
         self._pool: KernelPool | None = None
         self._culler: PeriodicCallback | None = None
         self._cull_task: asyncio.Future[None] | None = None
+        #: Streamed and background executions; its settings are ``c.ExecutionRegistry.*``.
+        self.executions = ExecutionRegistry(parent=self, log=self.log)
         self._sandbox_checked = False
         self._sandbox_kernels_dir: Path | None = None
         # Working folders of pooled sandboxed kernels, one per kernel: a session that takes
@@ -520,6 +523,7 @@ class AgentSessionManager(LoggingConfigurable):
         session = self._check_session(session_id)
         del self._sessions[session_id]
         await session.close()
+        self.executions.forget_session(session_id)
         await self._unregister(session_id)
         self.log.info("Agent session %s (%s) deleted", session.name, session_id)
 
@@ -527,6 +531,16 @@ class AgentSessionManager(LoggingConfigurable):
         self, session_id: str, code: str, timeout: float | None = None
     ) -> dict[str, Any]:
         """Run code in a session and return the execution result model."""
+        session, timeout = self._check_call(session_id, code, timeout)
+        try:
+            return await session.execute(code, timeout, self.max_output_chars)
+        except SessionClosedError as e:
+            raise web.HTTPError(404, f"Agent session was deleted: {session_id}") from e
+
+    def _check_call(
+        self, session_id: str, code: str, timeout: float | None
+    ) -> tuple[AgentSession, float]:
+        """The session and the timeout of a call, or the 4xx that the request deserves."""
         session = self._check_session(session_id)
         if self.max_code_chars and len(code) > self.max_code_chars:
             raise web.HTTPError(
@@ -540,10 +554,37 @@ class AgentSessionManager(LoggingConfigurable):
             raise web.HTTPError(
                 400, f"timeout must be a number of seconds above 0 and at most {self.max_timeout:g}"
             )
-        try:
-            return await session.execute(code, timeout, self.max_output_chars)
-        except SessionClosedError as e:
-            raise web.HTTPError(404, f"Agent session was deleted: {session_id}") from e
+        return session, timeout
+
+    # -- executions (streamed and background calls) --------------------------------------
+
+    def start_execution(
+        self, session_id: str, code: str, timeout: float | None = None, *, background: bool
+    ) -> Execution:
+        """Queue a call whose events can be followed; a background one is kept by its id."""
+        session, timeout = self._check_call(session_id, code, timeout)
+        return self.executions.start(
+            session, code, timeout, self.max_output_chars, background=background
+        )
+
+    def get_execution(self, session_id: str, execution_id: str) -> Execution:
+        """A background execution of the session, or a 404."""
+        self._check_session(session_id)
+        return self.executions.get(session_id, execution_id)
+
+    def list_executions(self, session_id: str) -> list[dict[str, Any]]:
+        """Models (without results) of the session's kept background executions, oldest first."""
+        self._check_session(session_id)
+        return [e.model(with_result=False) for e in self.executions.list(session_id)]
+
+    async def interrupt_execution(self, session_id: str, execution_id: str) -> None:
+        """Stop one background execution: a queued one never runs, a running one is
+        interrupted (it ends with KeyboardInterrupt), a finished one is left as it is."""
+        execution = self.get_execution(session_id, execution_id)
+        if self.executions.cancel_queued(execution):
+            return
+        if execution.status == "running":
+            await self._check_session(session_id).interrupt()
 
     async def interrupt(self, session_id: str) -> None:
         """Interrupt whatever the session's kernel is running."""
@@ -570,6 +611,7 @@ class AgentSessionManager(LoggingConfigurable):
         sessions = list(self._sessions.values())
         self._sessions.clear()
         await asyncio.gather(*(session.close() for session in sessions), return_exceptions=True)
+        await self.executions.shutdown()
         await asyncio.gather(
             *(self._unregister(session.id) for session in sessions), return_exceptions=True
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -97,14 +98,28 @@ class AgentSession:
             "env_keys": sorted(self.env),
         }
 
-    async def execute(self, code: str, timeout: float, max_chars: int) -> dict[str, Any]:
-        """Run ``code`` after the calls before it; return the execution result model."""
+    async def execute(
+        self,
+        code: str,
+        timeout: float,
+        max_chars: int,
+        *,
+        on_start: Callable[[], None] | None = None,
+        on_output: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Run ``code`` after the calls before it; return the execution result model.
+
+        ``on_start`` is called when the call's turn comes, ``on_output`` with each output
+        item (numbered by ``seq``) as the kernel emits it.
+        """
         async with self._lock:
             if self._closed:
                 raise SessionClosedError(self.id)
+            if on_start is not None:
+                on_start()
             self.status = "busy"
             self.last_activity = utcnow()
-            capture = OutputCapture(self.store, max_chars)
+            capture = OutputCapture(self.store, max_chars, listener=on_output)
             if self.changes is not None:
                 self.changes.begin_call()
             try:

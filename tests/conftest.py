@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
@@ -240,3 +241,46 @@ def api(jp_fetch: Callable[..., Any]) -> Api:
 def manager(jp_serverapp: Any) -> Any:
     """The extension's AgentSessionManager inside the test server."""
     return jp_serverapp.web_app.settings["agent_session_manager"]
+
+
+#: Code whose first line comes 1.5 s before its second, which says when it was printed.
+TWO_LINES_CODE = (
+    "import time\nprint('first', flush=True)\ntime.sleep(1.5)\nprint('later', time.time())"
+)
+
+
+def ndjson_events(response: Any) -> list[tuple[float, dict[str, Any]]]:
+    """The lines of a streamed ``requests`` answer, each with the moment it arrived."""
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"] == "application/x-ndjson"
+    return [(time.time(), json.loads(line)) for line in response.iter_lines() if line]
+
+
+def check_streamed_and_background(request: Callable[..., Any], session_id: str) -> None:
+    """A streamed call's first line comes while it runs; a background run is read back.
+
+    ``request(method, path, **kwargs)`` calls the agent-session API of the server under test
+    (``requests`` underneath), wherever the kernels run.
+    """
+    path = f"api/agent-sessions/{session_id}"
+    with request(
+        "POST", f"{path}/execute", json={"code": TWO_LINES_CODE, "stream": True}, stream=True
+    ) as response:
+        lines = ndjson_events(response)
+    first_came = next(t for t, event in lines if event.get("text") == "first\n")
+    later = next(event for _, event in lines if str(event.get("text", "")).startswith("later"))
+    assert first_came < float(later["text"].split()[-1])
+    done = lines[-1][1]
+    assert done["type"] == "done"
+    assert done["result"]["output"].startswith("first\nlater")
+    started = request("POST", f"{path}/execute", json={"code": "print('bg')", "background": True})
+    assert started.status_code == 202, started.text
+    execution_path = f"{path}/executions/{started.json()['id']}"
+    assert started.headers["Location"].endswith(execution_path)
+    model = request("GET", f"{execution_path}?wait=30").json()
+    assert model["status"] == "ok"
+    assert model["result"]["output"] == "bg\n"
+    with request("GET", f"{execution_path}/events?after=0", stream=True) as response:
+        replay = [event for _, event in ndjson_events(response)]
+    assert [event["type"] for event in replay] == ["stream", "done"]
+    assert replay[-1]["result"] == model["result"]

@@ -92,10 +92,16 @@ async def make_targets(api: Api, jp_serverapp: Any, jp_http_port: int) -> Any:
         session["id"],
         "from IPython.display import HTML\n_ = open('hello.txt', 'w').write('hi')\nHTML('x')",
     )
+    started = await api.request(
+        "POST", session["id"], "execute", body={"code": "1", "background": True}
+    )
+    # Ended before the routes are tried: the session's execution count no longer moves.
+    await api.request("GET", session["id"], "executions", started.json["id"], params={"wait": "60"})
     values = {
         "session_id": session["id"],
         "file_id": result["files"][0]["id"],
         "path": "hello.txt",
+        "execution_id": started.json["id"],
     }
     routes = [(method, fill(p, values)) for method, p in extension_routes(jp_serverapp.web_app)]
     return routes, f"http://127.0.0.1:{jp_http_port}"
@@ -103,7 +109,7 @@ async def make_targets(api: Api, jp_serverapp: Any, jp_http_port: int) -> Any:
 
 def test_every_route_is_in_the_matrix(jp_serverapp: Any) -> None:
     routes = extension_routes(jp_serverapp.web_app)
-    assert len(routes) == 12
+    assert len(routes) == 16
     assert {method for method, _ in routes} == {"GET", "POST", "PUT", "DELETE"}
 
 
@@ -156,7 +162,7 @@ async def test_the_servers_authorizer_decides_every_route(
     # A refused call changed nothing: the session is still there and ran nothing more.
     jp_serverapp.authorizer.refused = frozenset()
     [session] = (await api.request("GET")).json
-    assert session["execution_count"] == 1
+    assert session["execution_count"] == 2  # the call and the background call of make_targets
 
 
 async def test_a_cookie_without_xsrf_cannot_write(

@@ -242,6 +242,61 @@ def test_the_readme_quickstart_example_runs(server: LocalJupyterServer, tmp_path
     assert f"Image data saved to {image.resolve()}" in done.stdout
 
 
+def test_run_shows_a_cells_first_line_while_the_cell_still_runs(
+    server: LocalJupyterServer, tmp_path: Path
+) -> None:
+    info = server.connection_info
+    env = {**os.environ, "JUPYTER_EXEC_URL": info.base_url, "JUPYTER_EXEC_TOKEN": info.token or ""}
+    code = "import time\nprint('first', flush=True)\ntime.sleep(60)\nprint('never')"
+    process = subprocess.Popen(
+        [str(JUPYTER_EXEC), "run", "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "first\n"
+        assert process.poll() is None  # the cell still runs: the line came as it was printed
+    finally:
+        process.terminate()  # unwinds like Ctrl-C: the streamed call is dropped
+        process.communicate(timeout=60)
+    assert process.returncode == 130
+    # Dropping the stream interrupted the cell: the server's session is gone or idle.
+    with JupyterCodeExecutor(server, output_dir=tmp_path) as executor:
+        assert executor.run("print('free')").output == "free"
+
+
+def test_background_then_attach(server: LocalJupyterServer, tmp_path: Path) -> None:
+    script = tmp_path / "long.py"
+    script.write_text(
+        "import time\nfor i in range(3):\n    print('step', i, flush=True)\n    time.sleep(0.2)\n"
+        "# %%\nimport matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()\n"
+    )
+    started = jupyter_exec("run", str(script), "--background", server=server, cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    session_id, execution_id = started.stdout.split()
+    assert f"jupyter-exec attach {session_id} {execution_id}" in started.stderr
+    followed = jupyter_exec("attach", session_id, execution_id, server=server, cwd=tmp_path)
+    assert followed.returncode == 0, followed.stderr
+    assert followed.stdout.startswith("step 0\nstep 1\nstep 2\n")
+    [image] = tmp_path.glob("*.png")
+    assert f"Image data saved to {image.resolve()}" in followed.stdout
+    # A failing run attaches with status 1; an unknown id is an error, status 2.
+    failing = jupyter_exec("run", "-c", "1 / 0", "--background", server=server, cwd=tmp_path)
+    failed = jupyter_exec("attach", *failing.stdout.split(), server=server, cwd=tmp_path)
+    assert failed.returncode == 1
+    assert "ZeroDivisionError" in failed.stdout
+    unknown = jupyter_exec("attach", session_id, "no-such-id", server=server, cwd=tmp_path)
+    assert unknown.returncode == 2
+    assert "no-such-id" in unknown.stderr
+    no_url = jupyter_exec("run", "-c", "1", "--background", cwd=tmp_path)
+    assert no_url.returncode == 2
+    assert "--background needs a running server" in no_url.stderr
+
+
 def test_run_uploads_downloads_and_sets_env(server: LocalJupyterServer, tmp_path: Path) -> None:
     (tmp_path / "data.csv").write_text("1\n2\n3\n")
     code = (

@@ -23,7 +23,9 @@ import requests
 from jupyter_exec_client import (
     AsyncJupyterCodeExecutor,
     AuthenticationError,
+    BackgroundUnsupportedError,
     CodeBlock,
+    Display,
     ExecutorClosedError,
     ExtensionMissingError,
     IPythonCodeResult,
@@ -467,3 +469,31 @@ def test_exit_reports_the_lost_state_and_the_next_call_works(executor: JupyterCo
     assert after.exit_code == 1
     assert "fresh" in after.output
     assert "NameError" in after.output
+
+
+def test_run_streams_output_and_start_needs_the_extension(
+    executor: JupyterCodeExecutor,
+) -> None:
+    came: list[tuple[float, str]] = []
+    displays: list[Display] = []
+    code = (
+        "import time\nprint('first', flush=True)\ntime.sleep(1.5)\nprint('later', time.time())\n"
+        "from IPython.display import HTML\nHTML('<b>x</b>')"
+    )
+    result = executor.run(
+        code,
+        on_stdout=lambda text: came.append((time.time(), text)),
+        on_result=lambda shown: displays.append(
+            Display(shown.text, shown.mime_type, shown.mime_types, [
+                path for path in shown.files if path.is_file()
+            ])
+        ),
+    )
+    [(first_came, _)] = [c for c in came if c[1] == "first\n"]
+    assert first_came < float(came[-1][1].split()[-1])  # while the code still ran
+    assert result.exit_code == 0
+    [html] = displays
+    assert html.files[0].read_text() == "<b>x</b>"
+    assert result.output_files == [str(html.files[0])]
+    with pytest.raises(BackgroundUnsupportedError, match="background runs need"):
+        executor.start("print(1)")

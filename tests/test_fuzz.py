@@ -1,8 +1,9 @@
 """Spec-driven fuzzing: schemathesis sends generated requests to a real server for every route.
 
 Every answer must be free of 5xx and match rest-api.yml (status, content type, body schema).
-Half of the generated session ids are swapped for a live session's, so the routes are
-exercised past their 404s; DELETE keeps its generated ids so the live session survives.
+Half of the generated session ids are swapped for a live session's (and half of the file
+and execution ids then for real ones), so the routes are exercised past their 404s; DELETE
+keeps its generated ids so the live session survives.
 """
 
 from __future__ import annotations
@@ -77,7 +78,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
             "POST",
             {"code": "from IPython.display import HTML\nHTML('<b>x</b>')"},
         )
-        yield {"base": base, "session_id": session["id"], "file_id": result["files"][0]["id"]}
+        started = _call(
+            f"{base}/api/agent-sessions/{session['id']}/execute",
+            "POST",
+            {"code": "print('in the background')", "background": True},
+        )
+        yield {
+            "base": base,
+            "session_id": session["id"],
+            "file_id": result["files"][0]["id"],
+            "execution_id": started["id"],
+        }
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -101,8 +112,9 @@ def test_the_api_keeps_its_spec(case: Any, server: dict[str, str]) -> None:
     chooser = random.Random(repr(parameters))
     if "session_id" in parameters and case.method != "DELETE" and chooser.random() < 0.5:
         parameters["session_id"] = server["session_id"]
-        if "file_id" in parameters and chooser.random() < 0.5:
-            parameters["file_id"] = server["file_id"]
+        for name in ("file_id", "execution_id"):
+            if name in parameters and chooser.random() < 0.5:
+                parameters[name] = server[name]
     case.call_and_validate(
         base_url=server["base"],
         headers={"Authorization": f"token {TOKEN}"},

@@ -35,7 +35,7 @@ from jupyter_server.services.kernels.connection.base import serialize_binary_mes
 from jupyter_exec_ext.channels import ChannelQueue
 from jupyter_exec_ext.gateway import GatewayKernelWebsocket, kernel_spec_from_model
 
-from .conftest import free_port
+from .conftest import check_streamed_and_background, free_port
 
 GATEWAY_TOKEN = "gateway-token"
 SERVER_TOKEN = "server-token"
@@ -650,6 +650,11 @@ def test_channel_queue_wakes_a_reader_when_closed() -> None:
 
 
 @needs_gateway
+def test_streamed_and_background_executions_behind_gateway_url(deployment: Deployment) -> None:
+    session = deployment.create()
+    check_streamed_and_background(deployment.server.request, session["id"])
+
+
 def test_env_and_workspace_behind_the_gateway(deployment: Deployment) -> None:
     """The env reaches the gateway's kernel (a gateway passes only KERNEL_* variables at
     start; the set-up code puts the rest in). The workspace is the server's folder: here the

@@ -23,7 +23,7 @@ import requests
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from .conftest import free_port
+from .conftest import check_streamed_and_background, free_port
 
 # Only looked up, not imported: the gateway runs in its own process, and importing it here
 # would only bring its import-time warnings into this one.
@@ -471,6 +471,11 @@ def test_foreign_origin_is_refused_as_on_kernel_routes(gateway: Gateway) -> None
     ours = gateway.request("GET", "api/agent-sessions", headers=foreign)
     kernels = gateway.request("GET", "api/kernels", headers=foreign)
     assert ours.status_code == kernels.status_code == 404
+
+
+def test_streamed_and_background_executions_work_inside_the_gateway(gateway: Gateway) -> None:
+    session = gateway.create()
+    check_streamed_and_background(gateway.request, session["id"])
 
 
 def test_a_gateway_too_old_refuses_to_start_saying_what_to_install(tmp_path: Path) -> None:

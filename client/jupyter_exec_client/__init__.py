@@ -23,6 +23,8 @@ from .docker_server import DockerJupyterServer
 from .errors import (
     APIError,
     AuthenticationError,
+    BackgroundUnsupportedError,
+    ExecutionNotFoundError,
     ExecutorClosedError,
     ExtensionMissingError,
     JupyterExecError,
@@ -34,17 +36,25 @@ from .errors import (
     WorkspacePathError,
     WorkspaceUnavailableError,
 )
+from .execution import AsyncExecution, Execution
 from .executor import AsyncJupyterCodeExecutor, JupyterCodeExecutor
 from .local_server import LocalJupyterServer
+from .outputs import CodeError, Display
 from .prompts import SYSTEM_MESSAGE
 
 __all__ = [
     "SYSTEM_MESSAGE",
     "APIError",
+    "AsyncExecution",
     "AsyncJupyterCodeExecutor",
     "AuthenticationError",
+    "BackgroundUnsupportedError",
     "CodeBlock",
+    "CodeError",
+    "Display",
     "DockerJupyterServer",
+    "Execution",
+    "ExecutionNotFoundError",
     "ExecutorClosedError",
     "ExtensionMissingError",
     "IPythonCodeResult",

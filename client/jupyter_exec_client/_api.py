@@ -14,13 +14,14 @@ import re
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeAlias, TypeVar
+from typing import Any, NoReturn, Protocol, TypeAlias, TypeVar
 from urllib.parse import quote
 
 from .connection import JupyterConnectionInfo
 from .errors import (
     APIError,
     AuthenticationError,
+    ExecutionNotFoundError,
     ExtensionMissingError,
     JupyterExecError,
     SessionNotFoundError,
@@ -39,6 +40,10 @@ KERNEL_START_READ_TIMEOUT = 120.0
 #: kernel when the timeout passes and answers with the output so far, so it must be heard.
 EXECUTE_READ_MARGIN = 30.0
 
+#: Seconds to wait for the next line of a stream of events: the server sends a heartbeat
+#: after 15 s without output (its heartbeat_interval), so silence this long means a drop.
+EVENT_READ_TIMEOUT = 60.0
+
 SESSIONS_PATH = "api/agent-sessions"
 _UNKNOWN_KERNEL = re.compile(r"Unknown kernel_name .*?; available kernels: (?P<kernels>.*)$")
 
@@ -50,7 +55,9 @@ class Request:
     ``path`` is relative to the server's base URL, or starts with ``/`` when it already
     includes the base path (file URLs in execution results do). With ``save_to``, a 200
     answer's body is streamed into that file instead of being held in memory; with
-    ``upload_from``, the body is that file's bytes, streamed from disk.
+    ``save_in``, into a new file of that folder named for the answer's media type; with
+    ``upload_from``, the body is that file's bytes, streamed from disk. With ``stream``, a
+    200 answer is left unread: the response's ``stream`` gives its lines.
     """
 
     method: str
@@ -58,7 +65,34 @@ class Request:
     body: dict[str, Any] | None = None
     read_timeout: float = DEFAULT_READ_TIMEOUT
     save_to: Path | None = None
+    save_in: Path | None = None
     upload_from: Path | None = None
+    stream: bool = False
+
+
+class LineStream(Protocol):
+    """The body of an answer still arriving, read one line at a time (a transport's object)."""
+
+    def readline(self, timeout: float) -> bytes:
+        """The next line (with its newline); b"" at the end of the body."""
+
+    def close(self) -> None:
+        """Stop reading; the connection is closed unless the body was read whole."""
+
+
+@dataclass(frozen=True)
+class ReadLine:
+    """Read the next line of ``stream``, waiting at most ``timeout`` seconds for it."""
+
+    stream: LineStream
+    timeout: float
+
+
+@dataclass(frozen=True)
+class CloseStream:
+    """Close ``stream`` (the server sees the connection go)."""
+
+    stream: LineStream
 
 
 @dataclass(frozen=True)
@@ -75,10 +109,15 @@ class Response:
     reason: str = ""
     location: str = ""
     disposition: str = ""
+    #: The lines of a ``stream`` request's 200 answer.
+    stream: LineStream | None = None
+    #: Where a ``save_in`` request's answer was saved.
+    saved_to: Path | None = None
 
 
-#: A call in progress: yields requests, is sent their responses, returns the result.
-Flow: TypeAlias = Generator[Request, Response, T]
+#: A call in progress: yields requests (or line reads), is sent their answers, returns the
+#: result.
+Flow: TypeAlias = Generator[Request | ReadLine | CloseStream, Any, T]
 
 
 class JupyterRestAPI:
@@ -196,6 +235,85 @@ class AgentSessionsAPI(JupyterRestAPI):
         )
         return _json_object((yield from self._checked(request, (yield request))))
 
+    def execute_streamed(self, session_id: str, code: str, timeout: float) -> Flow[LineStream]:
+        """Run ``code`` with its events streamed; return the stream of event lines."""
+        request = Request(
+            "POST",
+            _session_path(session_id, "execute"),
+            {"code": code, "timeout": timeout, "stream": True},
+            read_timeout=EVENT_READ_TIMEOUT,
+            stream=True,
+        )
+        return (yield from self._opened_stream(request))
+
+    def start_execution(self, session_id: str, code: str, timeout: float) -> Flow[dict[str, Any]]:
+        """Queue ``code`` as a background execution; return its model."""
+        request = Request(
+            "POST",
+            _session_path(session_id, "execute"),
+            {"code": code, "timeout": timeout, "background": True},
+        )
+        return _json_object((yield from self._checked(request, (yield request))))
+
+    def get_execution(
+        self, session_id: str, execution_id: str, wait: float = 0
+    ) -> Flow[dict[str, Any]]:
+        """The model of a background execution; ``wait`` seconds for it to end first."""
+        path = _session_path(session_id, "executions", quote(execution_id, safe=""))
+        if wait:
+            path += f"?wait={wait:g}"
+        request = Request("GET", path, read_timeout=wait + DEFAULT_READ_TIMEOUT)
+        return _json_object((yield from self._checked(request, (yield request))))
+
+    def list_executions(self, session_id: str) -> Flow[list[dict[str, Any]]]:
+        """The models of the session's kept background executions, oldest first."""
+        request = Request("GET", _session_path(session_id, "executions"))
+        answer = yield from self._checked(request, (yield request))
+        if not isinstance(answer, list):
+            raise self._malformed(request, answer)
+        return answer
+
+    def execution_events(
+        self, session_id: str, execution_id: str, after: int = 0
+    ) -> Flow[LineStream]:
+        """The stream of a background execution's events after ``after``, then ``done``."""
+        path = _session_path(session_id, "executions", quote(execution_id, safe=""), "events")
+        request = Request(
+            "GET", f"{path}?after={after}", read_timeout=EVENT_READ_TIMEOUT, stream=True
+        )
+        return (yield from self._opened_stream(request))
+
+    def interrupt_execution(self, session_id: str, execution_id: str) -> Flow[None]:
+        """Stop a background execution (a queued one never runs)."""
+        path = _session_path(session_id, "executions", quote(execution_id, safe=""), "interrupt")
+        request = Request("POST", path)
+        yield from self._checked(request, (yield request))
+
+    def read_event(self, stream: LineStream) -> Flow[dict[str, Any] | None]:
+        """The next event of ``stream`` (heartbeats included); None at its end."""
+        line = yield ReadLine(stream, EVENT_READ_TIMEOUT)
+        if not line:
+            return None
+        try:
+            event = json.loads(line)
+        except ValueError:
+            message = f"the server sent a line that is not JSON: {line[:200]!r}"
+            raise APIError(200, message) from None
+        return _json_object(event)
+
+    def end_stream(self, stream: LineStream) -> Flow[None]:
+        """Read what follows ``done`` (the end of the body), so the connection is kept for
+        the next request instead of being dropped and made anew."""
+        while (yield from self.read_event(stream)) is not None:
+            pass
+
+    def _opened_stream(self, request: Request) -> Flow[LineStream]:
+        response: Response = yield request
+        if response.stream is None:
+            yield from self._checked(request, response)
+            raise self._malformed(request, response.body[:200])
+        return response.stream
+
     def interrupt(self, session_id: str) -> Flow[None]:
         """Interrupt the code the session is running."""
         request = Request("POST", _session_path(session_id, "interrupt"))
@@ -212,6 +330,17 @@ class AgentSessionsAPI(JupyterRestAPI):
         """Save the file at ``url`` (as an execution result lists it) to ``path``."""
         request = Request("GET", url, save_to=path)
         yield from self._checked(request, (yield request))
+
+    def download_file(self, session_id: str, file_id: str, folder: Path) -> Flow[Path]:
+        """Save a file of the session into ``folder``, named for its type; return its path."""
+        request = Request(
+            "GET", _session_path(session_id, "files", quote(file_id, safe="")), save_in=folder
+        )
+        response: Response = yield request
+        yield from self._checked(request, response)
+        if response.saved_to is None:
+            raise self._malformed(request, response.body[:200])
+        return response.saved_to
 
     # -- the workspace -------------------------------------------------------------------
 
@@ -273,6 +402,10 @@ class AgentSessionsAPI(JupyterRestAPI):
         """A missing API, session or workspace file (a missing captured file: APIError)."""
         if request.path.rstrip("/") == SESSIONS_PATH:
             yield from self._explain_missing_api(request)
+        if "/executions/" in request.path and not message.startswith("Agent session"):
+            raise ExecutionNotFoundError(
+                404, message, method=request.method, url=self.connection_info.url(request.path)
+            )
         if "/workspace" in request.path and not message.startswith("Agent session not found"):
             raise WorkspaceFileNotFoundError(
                 404, message, method=request.method, url=self.connection_info.url(request.path)

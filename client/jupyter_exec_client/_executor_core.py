@@ -15,19 +15,28 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterable
 from os import PathLike
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from ._api import AgentSessionsAPI
+from ._api import AgentSessionsAPI, CloseStream, LineStream
 from ._contents_api import ContentsAPI
 from ._kernel_output import new_output_path
 from ._kernel_protocol import KernelFlow, KernelProtocolSession
 from .blocks import CodeBlockLike, IPythonCodeResult, code_for_kernel
 from .connection import JupyterConnectionInfo
-from .errors import APIError, ExecutorClosedError, ExtensionMissingError, SessionNotFoundError
+from .errors import (
+    APIError,
+    BackgroundUnsupportedError,
+    ExecutorClosedError,
+    ExtensionMissingError,
+    ServerConnectionError,
+    SessionNotFoundError,
+)
+from .outputs import OutputCallbacks, OutputDispatcher
 
 State = Literal["new", "open", "closed"]
 #: Names of environment variables, as the server accepts them.
@@ -35,6 +44,10 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: ``agent-sessions``: the extension's API; ``kernels``: a plain server's kernels API and
 #: kernel websocket.
 Backend = Literal["agent-sessions", "kernels"]
+#: Seconds one long poll of a background execution waits on the server before asking again.
+_WAIT_POLL = 60.0
+#: Times a followed execution's stream of events is opened again after a drop, in a row.
+_RECONNECTS = 5
 
 
 class ExecutorCore:
@@ -250,6 +263,107 @@ class ExecutorCore:
             yield from self.start()
         self._check_open()
 
+    # -- streamed and background runs ---------------------------------------------------
+
+    def run(
+        self, code: str, timeout: float | None, callbacks: OutputCallbacks
+    ) -> KernelFlow[IPythonCodeResult]:
+        """Run Python ``code``, calling back as output arrives; return the whole result."""
+        yield from self._open()
+        timeout = self.timeout if timeout is None else timeout
+        if self.kernels is not None:
+            dispatcher = OutputDispatcher(callbacks)
+            result = yield from self.kernels.execute(
+                code, timeout, on_event=dispatcher.handle_saved
+            )
+        else:
+            session_id = self._open_session_id()
+            def download(file_id: str) -> KernelFlow[Path]:
+                return self.api.download_file(session_id, file_id, self.output_dir)
+
+            dispatcher = OutputDispatcher(callbacks, download)
+            stream = yield from self.api.execute_streamed(session_id, code, timeout)
+            result = yield from self._follow(stream, dispatcher)
+        return (yield from self._code_result(result, dispatcher.saved))
+
+    def _follow(
+        self, stream: LineStream, dispatcher: OutputDispatcher
+    ) -> KernelFlow[dict[str, Any]]:
+        """Dispatch a streamed call's events until its ``done``; return its result."""
+        while True:
+            event = yield from self.api.read_event(stream)
+            if event is None:
+                raise ServerConnectionError(
+                    self.connection_info.base_url, "the stream of events ended before the call"
+                )
+            if event["type"] == "done":
+                yield from self.api.end_stream(stream)
+                return dict(event["result"])
+            if event["type"] != "heartbeat":
+                yield from dispatcher.handle(event)
+
+    def start_execution(self, code: str, timeout: float | None) -> KernelFlow[dict[str, Any]]:
+        """Queue ``code`` as a background execution of the session; return its model."""
+        yield from self._open()
+        if self.kernels is not None:
+            raise BackgroundUnsupportedError(
+                f"The server at {self.connection_info.base_url} has no agent-session API, so "
+                "code runs over a kernel websocket that lives only as long as this client: "
+                "background runs need the jupyter-exec-ext extension on the server. run() "
+                "streams output on this server too."
+            )
+        timeout = self.timeout if timeout is None else timeout
+        return (yield from self.api.start_execution(self._open_session_id(), code, timeout))
+
+    def wait_execution(
+        self, session_id: str, execution_id: str, timeout: float | None
+    ) -> KernelFlow[IPythonCodeResult]:
+        """The result of a background execution once it ended (its files downloaded).
+
+        Raises TimeoutError when it has not ended within ``timeout`` seconds (None: no limit).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = _WAIT_POLL if deadline is None else deadline - time.monotonic()
+            model = yield from self.api.get_execution(
+                session_id, execution_id, wait=max(0.0, min(remaining, _WAIT_POLL))
+            )
+            if model.get("result") is not None:
+                return (yield from self._code_result(model["result"], {}))
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"Execution {execution_id} is still {model.get('status')} after {timeout:g} s"
+                )
+
+    def follow_execution(
+        self, session_id: str, execution_id: str, callbacks: OutputCallbacks, after: int = 0
+    ) -> KernelFlow[IPythonCodeResult]:
+        """Call back with a background execution's events (after ``after``) until it ends;
+        return its result, its files saved in the output folder."""
+
+        def download(file_id: str) -> KernelFlow[Path]:
+            return self.api.download_file(session_id, file_id, self.output_dir)
+
+        dispatcher = OutputDispatcher(callbacks, download)
+        follower = EventFollower(self.api, session_id, execution_id, after)
+        while (event := (yield from follower.next_event())) is not None:
+            if event["type"] == "done":
+                return (yield from self._code_result(event["result"], dispatcher.saved))
+            yield from dispatcher.handle(event)
+        raise AssertionError("the events ended without done")  # pragma: no cover
+
+    def _code_result(
+        self, result: dict[str, Any], saved: dict[str, Path]
+    ) -> KernelFlow[IPythonCodeResult]:
+        # The text as execute_code_blocks gives it for one block.
+        output, files = yield from self._save_files(result, saved)
+        return IPythonCodeResult(
+            0 if result.get("status") == "ok" else 1,
+            _join([output]),
+            files,
+            list(result.get("workspace_changes") or []),
+        )
+
     def _check_open(self) -> None:
         if self.state != "open":
             raise ExecutorClosedError(
@@ -264,17 +378,20 @@ class ExecutorCore:
             )
         return self.session_id
 
-    def _save_files(self, result: dict[str, Any]) -> KernelFlow[tuple[str, list[str]]]:
+    def _save_files(
+        self, result: dict[str, Any], already: dict[str, Path] | None = None
+    ) -> KernelFlow[tuple[str, list[str]]]:
         """Download the result's files; name them in the text where the server marked them.
 
-        Files of the kernels backend are already written: their ``path`` is taken as is.
+        Files of the kernels backend are already written: their ``path`` is taken as is, as
+        is that of a file ``already`` saved while the call ran.
         """
         output = str(result.get("output", ""))
         saved: list[str] = []
         for file in result.get("files", []):
             mime_type = str(file["mime_type"])
-            if "path" in file:
-                path = Path(file["path"])
+            if "path" in file or (already and file["id"] in already):
+                path = Path(file["path"]) if "path" in file else (already or {})[file["id"]]
                 saved.append(str(path))
                 note = _saved_note(mime_type, path)
                 output = _name_file(output, mime_type, str(file["id"]), note, path)
@@ -318,3 +435,63 @@ def _name_file(output: str, mime_type: str, file_id: str, note: str, path: Path)
 def _join(outputs: list[str]) -> str:
     """One text from the outputs of several blocks, a line break between two."""
     return "\n".join(text.rstrip("\n") for text in outputs if text.strip())
+
+
+class EventFollower:
+    """Follows the events of a background execution, opening the stream again after a drop.
+
+    Each :meth:`next_event` flow returns the next output event, the ``done`` event last,
+    then None. The stream stays open between flows (drive them with ``keep_streams``), and
+    :meth:`close` flow closes it.
+    """
+
+    def __init__(self, api: AgentSessionsAPI, session_id: str, execution_id: str, after: int = 0):
+        """Follow ``execution_id`` of ``session_id`` from the events after ``after``."""
+        self.api = api
+        self.session_id = session_id
+        self.execution_id = execution_id
+        #: The seq of the last event handed out: where a new stream resumes.
+        self.seq = after
+        self.finished = False
+        self._stream: LineStream | None = None
+
+    def next_event(self) -> KernelFlow[dict[str, Any] | None]:
+        """The next event (no heartbeats); None once ``done`` was handed out."""
+        drops = 0
+        while not self.finished:
+            try:
+                if self._stream is None:
+                    self._stream = yield from self.api.execution_events(
+                        self.session_id, self.execution_id, self.seq
+                    )
+                event = yield from self.api.read_event(self._stream)
+            except ServerConnectionError:
+                event = None
+            if event is None:
+                # Dropped (a proxy, a sleeping laptop, the server's restart of its side):
+                # the execution goes on; ask for what came after the last event seen.
+                self._stream = None
+                drops += 1
+                if drops > _RECONNECTS:
+                    raise ServerConnectionError(
+                        self.api.connection_info.base_url,
+                        f"the events of execution {self.execution_id} stopped coming "
+                        f"{_RECONNECTS} times in a row",
+                    )
+                continue
+            if event["type"] == "heartbeat":
+                continue
+            if isinstance(event.get("seq"), int):
+                self.seq = event["seq"]
+            if event["type"] == "done":
+                self.finished = True
+                with contextlib.suppress(ServerConnectionError):
+                    yield from self.api.end_stream(self._stream)
+            return event
+        return None
+
+    def close(self) -> KernelFlow[None]:
+        """Stop following: close the stream."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            yield CloseStream(stream)

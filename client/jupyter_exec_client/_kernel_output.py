@@ -11,6 +11,7 @@ from __future__ import annotations
 import mimetypes
 import re
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -67,9 +68,21 @@ def new_output_path(output_dir: Path, mime_type: str) -> Path:
 class OutputCollector:
     """Collects the outputs of one execution, in order; past ``max_chars`` keeps head and tail."""
 
-    def __init__(self, output_dir: Path, max_chars: int = MAX_OUTPUT_CHARS) -> None:
-        """Write files into ``output_dir``; keep at most ``max_chars`` of text (0: no limit)."""
+    def __init__(
+        self,
+        output_dir: Path,
+        max_chars: int = MAX_OUTPUT_CHARS,
+        listener: Callable[[dict[str, Any], dict[str, Path]], None] | None = None,
+    ) -> None:
+        """Write files into ``output_dir``; keep at most ``max_chars`` of text (0: no limit).
+
+        ``listener``, when given, is called with each output as it is added (a stream event
+        carries only the new text), numbered by ``seq`` as the server numbers its events,
+        and the paths its files were written to.
+        """
         self.output_dir = output_dir
+        self.listener = listener
+        self._seq = 0
         self.max_chars = max_chars
         self.files: list[dict[str, Any]] = []
         self.outputs: list[dict[str, Any]] = []
@@ -98,6 +111,8 @@ class OutputCollector:
     def add_stream(self, name: str, text: str) -> None:
         """Record printed text exactly as printed (less ANSI codes)."""
         text = strip_ansi(text)
+        if text:
+            self._emit({"type": "stream", "name": name, "text": text})
         last = self.outputs[-1] if self.outputs else None
         if self._full_text is None:
             # Consecutive chunks of one stream make one item, as a notebook shows them.
@@ -131,7 +146,8 @@ class OutputCollector:
                 continue
             item["files"].append(saved["id"])
             lines.append(f"[{mime_type}: {saved['id']}]")
-        self._add_block(item, "\n".join(lines))
+        paths = {f["id"]: Path(f["path"]) for f in self.files if f["id"] in item["files"]}
+        self._add_block(item, "\n".join(lines), paths)
 
     def add_error(self, ename: str, evalue: str, traceback: list[str]) -> None:
         """Record an exception the code raised, its traceback as plain text."""
@@ -199,8 +215,16 @@ class OutputCollector:
         self.files.append(saved)
         return saved
 
-    def _add_block(self, item: dict[str, Any], text: str) -> None:
+    def _emit(self, event: dict[str, Any], paths: dict[str, Path] | None = None) -> None:
+        if self.listener is not None:
+            self._seq += 1
+            self.listener({**event, "seq": self._seq}, paths or {})
+
+    def _add_block(
+        self, item: dict[str, Any], text: str, paths: dict[str, Path] | None = None
+    ) -> None:
         """Add an item that stands on lines of its own in the output."""
+        self._emit(dict(item), paths)
         if self._full_text is None:
             self.outputs.append(item)
         prefix = "" if self._ends_with_newline else "\n"

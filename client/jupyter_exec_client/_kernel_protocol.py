@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
-from ._api import Request
+from ._api import CloseStream, ReadLine, Request
 from ._kernel_output import MAX_OUTPUT_CHARS, OutputCollector
 from ._kernels_api import KernelNotFoundError, KernelsAPI
 from .connection import JupyterConnectionInfo
@@ -71,7 +71,7 @@ class CloseChannel:
 
 ChannelCommand: TypeAlias = OpenChannel | SendMessage | ReceiveMessage | CloseChannel
 #: Anything a flow may ask a transport to do.
-Command: TypeAlias = Request | ChannelCommand
+Command: TypeAlias = Request | ReadLine | CloseStream | ChannelCommand
 #: A call in progress that may use the kernel websocket as well as HTTP.
 KernelFlow: TypeAlias = Generator[Command, Any, T]
 
@@ -209,11 +209,21 @@ class KernelProtocolSession:
         self._needs_env = True
         yield from self._open_channel()
 
-    def execute(self, code: str, timeout: float) -> KernelFlow[dict[str, Any]]:
+    def execute(
+        self,
+        code: str,
+        timeout: float,
+        *,
+        on_event: Callable[[dict[str, Any], dict[str, Path]], None] | None = None,
+    ) -> KernelFlow[dict[str, Any]]:
         """Run ``code``; past ``timeout`` seconds the kernel is interrupted. The result has
-        the shape of the server's execution result, its files listed with their ``path``."""
+        the shape of the server's execution result, its files listed with their ``path``.
+
+        ``on_event`` is called with each output as it arrives, as the server streams them,
+        and the paths its files were written to.
+        """
         self._kernel_id()
-        collector = OutputCollector(self.output_dir, self.max_output_chars)
+        collector = OutputCollector(self.output_dir, self.max_output_chars, listener=on_event)
         try:
             outcome = yield from self._execute(code, timeout, collector)
             return collector.result(outcome.status, outcome.execution_count)

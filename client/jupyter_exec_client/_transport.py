@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import os
 import re
+import socket
 import ssl
+from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from ._api import Request, Response
+from ._api import CloseStream, ReadLine, Request, Response
 from ._http import ConnectFailed, ConnectionPool
+from ._kernel_output import new_output_path
 from ._kernel_protocol import (
     ChannelClosedError,
     CloseChannel,
@@ -57,6 +61,11 @@ class SyncTransport:
         """Carry out one command of a flow; return what the flow is sent back."""
         if isinstance(command, Request):
             return self.send(command)
+        if isinstance(command, ReadLine):
+            return command.stream.readline(command.timeout)
+        if isinstance(command, CloseStream):
+            command.stream.close()
+            return None
         if isinstance(command, ReceiveMessage):
             return self._kernel_channel().receive(command.timeout)
         if isinstance(command, SendMessage):
@@ -125,8 +134,18 @@ class SyncTransport:
                 # The server may have refused the upload (a 413) and closed its side before
                 # taking the whole body: its answer may already be waiting.
             response = connection.getresponse()
-            if request.save_to is not None and response.status == 200:
-                self._save(response, request)
+            if request.stream and response.status == 200:
+                # Given back to the pool by the stream, once its body was read whole.
+                return Response(200, reason=response.reason, stream=_HTTPLineStream(
+                    url, pool, connection, response
+                ))
+            if request.save_in is not None and response.status == 200:
+                mime_type = (response.getheader("Content-Type") or "").split(";")[0].strip()
+                path = new_output_path(request.save_in, mime_type)
+                self._save(response, path)
+                answer = Response(200, b"", response.reason, saved_to=path)
+            elif request.save_to is not None and response.status == 200:
+                self._save(response, request.save_to)
                 answer = Response(
                     200,
                     b"",
@@ -157,15 +176,14 @@ class SyncTransport:
         return answer
 
     @staticmethod
-    def _save(response: http.client.HTTPResponse, request: Request) -> None:
-        """Stream the body into ``request.save_to``; leave no partial file behind."""
-        assert request.save_to is not None
+    def _save(response: http.client.HTTPResponse, path: Path) -> None:
+        """Stream the body into ``path``; leave no partial file behind."""
         try:
-            with request.save_to.open("xb") as file:
+            with path.open("xb") as file:
                 while chunk := response.read(_CHUNK_SIZE):
                     file.write(chunk)
         except BaseException:
-            request.save_to.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             raise
 
     def close(self) -> None:
@@ -176,6 +194,57 @@ class SyncTransport:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+
+
+class _HTTPLineStream:
+    """The lines of an answer as they arrive, on a connection of the pool kept for it."""
+
+    def __init__(
+        self,
+        url: str,
+        pool: ConnectionPool,
+        connection: http.client.HTTPConnection,
+        response: http.client.HTTPResponse,
+    ) -> None:
+        self.url = url
+        self._pool = pool
+        self._connection: http.client.HTTPConnection | None = connection
+        self._response = response
+
+    def readline(self, timeout: float) -> bytes:
+        """The next line; b"" at the end (the connection then goes back to the pool)."""
+        connection = self._connection
+        if connection is None:
+            return b""
+        try:
+            if connection.sock is not None:
+                connection.sock.settimeout(timeout)
+            line = self._response.readline()
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            self.close()
+            raise _connection_error(
+                self.url, e, f"the server sent nothing for {timeout:g} s"
+            ) from e
+        if not line:
+            # Read to its end, the answer lets go of the connection, which is kept.
+            self._response.read()
+            self._connection = None
+            self._pool.release(connection, self._response)
+        return line
+
+    def close(self) -> None:
+        """Drop the connection (the server sees the client go), unless it was read whole.
+
+        Safe to call from another thread than the one reading: the socket is shut down
+        first, which wakes a read blocked on it.
+        """
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        if connection.sock is not None:
+            with contextlib.suppress(OSError):
+                connection.sock.shutdown(socket.SHUT_RDWR)
+        connection.close()
 
 
 def _connection_error(
@@ -189,8 +258,13 @@ def _connection_error(
     return ServerConnectionError(url, _reason(error))
 
 
-def run_sync(flow: KernelFlow[T], transport: SyncTransport) -> T:
-    """Drive ``flow`` to its end with blocking I/O; return its result."""
+def run_sync(flow: KernelFlow[T], transport: SyncTransport, *, keep_streams: bool = False) -> T:
+    """Drive ``flow`` to its end with blocking I/O; return its result.
+
+    Streams the flow opened are closed when it ends, unless ``keep_streams`` (a flow that
+    hands its stream to the next one, which then owns it).
+    """
+    streams: list[Any] = []
     try:
         command = next(flow)
         while True:
@@ -200,6 +274,7 @@ def run_sync(flow: KernelFlow[T], transport: SyncTransport) -> T:
                 # The flow decides: some calls expect a failure (a probe) and go on.
                 command = flow.throw(error)
             else:
+                _note_stream(answer, streams)
                 command = flow.send(answer)
     except StopIteration as stop:
         result: T = stop.value
@@ -207,10 +282,32 @@ def run_sync(flow: KernelFlow[T], transport: SyncTransport) -> T:
     finally:
         # A call ended by KeyboardInterrupt leaves the flow suspended: run its cleanup now.
         flow.close()
+        if not keep_streams:
+            _close_streams(streams)
 
 
-async def run_async(flow: KernelFlow[T], transport: SyncTransport) -> T:
-    """Drive ``flow`` to its end, each blocking request or websocket read in a worker thread."""
+def _note_stream(answer: Any, streams: list[Any]) -> None:
+    """Remember a stream a flow opened, to close it however the flow ends."""
+    if isinstance(answer, Response) and answer.stream is not None:
+        streams.append(answer.stream)
+
+
+def _close_streams(streams: list[Any]) -> None:
+    """Close the streams of a flow that ended: a streamed call abandoned (Ctrl-C, a
+    cancelled task, an error) is then seen by the server as gone, which interrupts it.
+    A stream read to its end is already back in the pool, and closing it does nothing."""
+    for stream in streams:
+        stream.close()
+
+
+async def run_async(
+    flow: KernelFlow[T], transport: SyncTransport, *, keep_streams: bool = False
+) -> T:
+    """Drive ``flow`` to its end, each blocking request or websocket read in a worker thread.
+
+    Streams are closed at the end as by :func:`run_sync`.
+    """
+    streams: list[Any] = []
     try:
         command = next(flow)
         while True:
@@ -219,6 +316,7 @@ async def run_async(flow: KernelFlow[T], transport: SyncTransport) -> T:
             except JupyterExecError as error:
                 command = flow.throw(error)
             else:
+                _note_stream(answer, streams)
                 command = flow.send(answer)
     except StopIteration as stop:
         result: T = stop.value
@@ -226,6 +324,8 @@ async def run_async(flow: KernelFlow[T], transport: SyncTransport) -> T:
     finally:
         # A cancelled call leaves the flow suspended: run its cleanup now.
         flow.close()
+        if not keep_streams:
+            _close_streams(streams)
 
 
 def _reason(error: BaseException) -> str:

@@ -1,11 +1,13 @@
-"""The ``jupyter-exec`` command: run a script cell by cell in a fresh session, list sessions,
-move files in and out of a session's working folder."""
+"""The ``jupyter-exec`` command: run a script cell by cell in a fresh session (its output
+shown as it is printed, or in the background), follow a background run, list sessions, move
+files in and out of a session's working folder."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import mimetypes
 import os
 import re
 import signal
@@ -20,12 +22,14 @@ from types import FrameType
 from typing import IO
 
 from ._api import AgentSessionsAPI
+from ._executor_core import ExecutorCore, _saved_note
 from ._transport import SyncTransport, run_sync
-from .blocks import CodeBlock
+from .blocks import CodeBlock, IPythonCodeResult
 from .connection import JupyterConnectable, JupyterConnectionInfo
 from .errors import JupyterExecError, SessionNotFoundError
 from .executor import JupyterCodeExecutor
 from .local_server import LocalJupyterServer
+from .outputs import CodeError, Display, OutputCallbacks
 
 #: ``# %%`` starts a cell (the "percent" format of VS Code, Spyder, PyCharm and jupytext).
 _CELL_MARKER = re.compile(r"^#\s*%%(?P<title>.*)$")
@@ -80,7 +84,11 @@ def split_cells(source: str) -> list[Cell]:
 
 
 class ElapsedTicker:
-    """Shows how long a cell has been running on a terminal; shows nothing elsewhere."""
+    """Shows how long a cell has been running on a terminal; shows nothing elsewhere.
+
+    Output goes through :meth:`write`, which clears the elapsed-time line first: the line
+    shows only while the cell has been quiet for a second, at the start of a line.
+    """
 
     def __init__(self, label: str, stream: IO[str]) -> None:
         """Write ``label`` and the elapsed seconds to ``stream`` while the block runs."""
@@ -89,6 +97,10 @@ class ElapsedTicker:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._shown = False
+        self._lock = threading.Lock()
+        self._quiet_since = time.monotonic()
+        #: Whether the last text written ended its line (or none was written).
+        self.at_line_start = True
 
     def __enter__(self) -> ElapsedTicker:
         """Start ticking when the stream is a terminal."""
@@ -103,20 +115,73 @@ class ElapsedTicker:
         self._done.set()
         if self._thread is not None:
             self._thread.join()
+        with self._lock:
+            self._clear()
+
+    def write(self, stream: IO[str], text: str) -> None:
+        """Write the cell's ``text`` to ``stream`` at once, the elapsed-time line cleared."""
+        if not text:
+            return
+        with self._lock:
+            self._clear()
+            stream.write(text)
+            stream.flush()
+            self.at_line_start = text.endswith("\n")
+            self._quiet_since = time.monotonic()
+
+    def _clear(self) -> None:
         if self._shown:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
+            self._shown = False
 
     def _tick(self) -> None:
         started = time.monotonic()
-        if self._done.wait(_TICKER_DELAY):
-            return
-        while True:
-            self._shown = True
-            self.stream.write(f"\r\x1b[K{self.label}: {time.monotonic() - started:.0f} s")
-            self.stream.flush()
-            if self._done.wait(_TICKER_INTERVAL):
-                return
+        while not self._done.wait(_TICKER_INTERVAL):
+            with self._lock:
+                if self.at_line_start and time.monotonic() - self._quiet_since >= _TICKER_DELAY:
+                    self._shown = True
+                    self.stream.write(f"\r\x1b[K{self.label}: {time.monotonic() - started:.0f} s")
+                    self.stream.flush()
+
+
+class OutputPrinter:
+    """Prints a cell's output as it arrives: printed text as printed (stdout and stderr),
+    displays, errors and the server's notes on lines of their own, saved files named."""
+
+    def __init__(self, ticker: ElapsedTicker) -> None:
+        """Write through ``ticker``, which keeps its elapsed-time line out of the way."""
+        self.ticker = ticker
+
+    def callbacks(self) -> OutputCallbacks:
+        """The callbacks of a run that print its output."""
+        return OutputCallbacks(
+            on_stdout=lambda text: self.ticker.write(sys.stdout, text),
+            on_stderr=lambda text: self.ticker.write(sys.stderr, text),
+            on_display=self._display,
+            on_result=self._display,
+            on_error=self._error,
+            on_note=lambda text: self._block(f"[{text}]"),
+        )
+
+    def end_cell(self) -> None:
+        """End the cell's last line, so the next output starts on a line of its own."""
+        if not self.ticker.at_line_start:
+            self.ticker.write(sys.stdout, "\n")
+
+    def _display(self, display: Display) -> None:
+        lines = [] if display.text is None else [display.text]
+        for path in display.files:
+            mime_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            lines.append(_saved_note(mime_type, path))
+        self._block("\n".join(lines))
+
+    def _error(self, error: CodeError) -> None:
+        self._block("\n".join(error.traceback) or f"{error.ename}: {error.evalue}")
+
+    def _block(self, text: str) -> None:
+        prefix = "" if self.ticker.at_line_start else "\n"
+        self.ticker.write(sys.stdout, f"{prefix}{text}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,8 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[server],
         help="run a file cell by cell (cells split on '# %%' lines) in a fresh session",
         description="Run a file cell by cell in one fresh session and print each cell's "
-        "output as it finishes. Without --url a local server is started for the run. The "
-        "exit status is 1 when a cell fails (later cells are not run).",
+        "output as it is printed. Without --url a local server is started for the run. The "
+        "exit status is 1 when a cell fails (later cells are not run). With --background "
+        "the file runs as one execution on the server: its session and execution ids are "
+        "printed and the command exits (follow it with 'jupyter-exec attach').",
     )
     source = run.add_mutually_exclusive_group(required=True)
     source.add_argument("file", nargs="?", help="the Python file to run ('-' for stdin)")
@@ -176,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the log of the local server in this file (default: not kept)",
     )
     run.add_argument(
+        "--background",
+        action="store_true",
+        help="start the file as one background execution of a new session on the server "
+        "(needs --url), print 'SESSION_ID EXECUTION_ID' and exit; the session stays",
+    )
+    run.add_argument(
         "--upload",
         action="append",
         default=[],
@@ -201,6 +274,25 @@ def build_parser() -> argparse.ArgumentParser:
         "command line are visible to other users: prefer a variable of your own shell)",
     )
     run.set_defaults(handler=_run)
+
+    attach = commands.add_parser(
+        "attach",
+        parents=[server],
+        help="follow a background execution to its end",
+        description="Print a background execution's output from its start (as it is "
+        "printed while it runs) and exit when it ends: status 0 when it succeeded, 1 when "
+        "it failed, 2 for a usage or server error (an unknown id).",
+    )
+    attach.add_argument(
+        "session", help="the session id ('jupyter-exec run --background' printed it)"
+    )
+    attach.add_argument("execution", help="the execution id")
+    attach.add_argument(
+        "--output-dir",
+        default=".",
+        help="where images and HTML are saved (default: the current directory)",
+    )
+    attach.set_defaults(handler=_attach)
 
     files = commands.add_parser(
         "files",
@@ -265,6 +357,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for local, _remote in uploads:
         if not Path(local).is_file():
             parser.error(f"--upload {local!r}: no such file")
+    if args.background:
+        if downloads:
+            parser.error("--download needs the run's end: it cannot go with --background")
+        return _run_in_background(args, parser, cells, env, uploads)
     with contextlib.ExitStack() as stack:
         if args.url:
             if args.sandbox is not None:
@@ -375,13 +471,76 @@ def _run_cells(executor: JupyterCodeExecutor, cells: list[Cell]) -> int:
         where = f"cell {number}/{len(cells)} (line {cell.line})"
         if len(cells) > 1:
             print(f"--- {where} ---", file=sys.stderr, flush=True)
-        with ElapsedTicker(f"running {where}", sys.stderr):
-            result = executor.execute_code_blocks([CodeBlock(cell.code, "python")])
-        if result.output:
-            print(result.output, flush=True)
+        with ElapsedTicker(f"running {where}", sys.stderr) as ticker:
+            printer = OutputPrinter(ticker)
+            shown = printer.callbacks()
+            result = executor.run(
+                cell.code,
+                on_stdout=shown.on_stdout,
+                on_stderr=shown.on_stderr,
+                on_display=shown.on_display,
+                on_result=shown.on_result,
+                on_error=shown.on_error,
+                on_note=shown.on_note,
+            )
+            printer.end_cell()
         if result.exit_code != 0:
             print(f"jupyter-exec: {where} failed", file=sys.stderr)
             return EXIT_CELL_FAILED
+    return EXIT_OK
+
+
+def _run_in_background(
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    cells: list[Cell],
+    env: dict[str, str],
+    uploads: list[tuple[str, str | None]],
+) -> int:
+    if not args.url:
+        parser.error(
+            "--background needs a running server: give --url (or set JUPYTER_EXEC_URL); a "
+            "local server would stop with this command"
+        )
+    info = _connection_info(args, parser)
+    api = AgentSessionsAPI(info)
+    transport = SyncTransport(info)
+    try:
+        session = run_sync(api.create_session(args.kernel, env=env), transport)
+        for source, target in uploads:
+            local = Path(source)
+            run_sync(api.upload(session["id"], local, target or local.name), transport)
+        code = "\n\n".join(cell.code for cell in cells)
+        execution = run_sync(api.start_execution(session["id"], code, args.timeout), transport)
+    finally:
+        transport.close()
+    print(f"{session['id']} {execution['id']}", flush=True)
+    print(
+        f"jupyter-exec: follow it with: jupyter-exec attach {session['id']} {execution['id']}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _attach(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if not args.url:
+        parser.error("attach needs the server: give --url (or set JUPYTER_EXEC_URL)")
+    if not Path(args.output_dir).is_dir():
+        parser.error(f"--output-dir {args.output_dir!r} is not a directory")
+    info = _connection_info(args, parser)
+    core = ExecutorCore(info, "python3", 60, args.output_dir)
+    transport = SyncTransport(info)
+    try:
+        with ElapsedTicker(f"execution {args.execution}", sys.stderr) as ticker:
+            printer = OutputPrinter(ticker)
+            flow = core.follow_execution(args.session, args.execution, printer.callbacks())
+            result: IPythonCodeResult = run_sync(flow, transport)
+            printer.end_cell()
+    finally:
+        transport.close()
+    if result.exit_code != 0:
+        print(f"jupyter-exec: execution {args.execution} failed", file=sys.stderr)
+        return EXIT_CELL_FAILED
     return EXIT_OK
 
 

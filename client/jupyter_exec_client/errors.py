@@ -9,6 +9,8 @@
     │   ├── ExtensionMissingError  404: the server has no agent-session API (and no fallback)
     │   ├── SessionNotFoundError   404: the agent session (or, on a plain server, the kernel)
     │   │                          is gone
+    │   ├── ExecutionNotFoundError 404: no background execution of that id (or it was
+    │   │                          forgotten, past the server's finished_execution_ttl)
     │   ├── UnknownKernelError     (also ValueError) no kernel of that name
     │   ├── WorkspacePathError     (also ValueError) the server refused a workspace path
     │   │                          ('..', outside the folder, a folder where a file must be)
@@ -17,6 +19,7 @@
     ├── WorkspaceUnavailableError  the server has no way to move files (Kernel Gateway
     │                              without the extension has no Contents API)
     ├── ExecutorClosedError        (also RuntimeError) the executor was stopped
+    ├── BackgroundUnsupportedError (also RuntimeError) background runs need the extension
     └── ServerStartError           (also RuntimeError) a Local/DockerJupyterServer failed to start
 
 A server without the agent-session API is used through its kernels API and a kernel
@@ -33,6 +36,8 @@ from __future__ import annotations
 __all__ = [
     "APIError",
     "AuthenticationError",
+    "BackgroundUnsupportedError",
+    "ExecutionNotFoundError",
     "ExecutorClosedError",
     "ExtensionMissingError",
     "JupyterExecError",
@@ -131,6 +136,11 @@ class SessionNotFoundError(APIError):
     """The agent session no longer exists (deleted, culled, or the server restarted)."""
 
 
+class ExecutionNotFoundError(APIError):
+    """The session has no background execution of that id (never, or no longer: finished
+    executions are kept for a bounded time and number)."""
+
+
 class UnknownKernelError(APIError, ValueError):
     """The server has no kernel of the requested name; ``available_kernels`` lists those it has.
 
@@ -172,6 +182,11 @@ class WorkspaceUnavailableError(JupyterExecError):
 
 class ExecutorClosedError(JupyterExecError, RuntimeError):
     """The executor was stopped; it has no agent session to run code in."""
+
+
+class BackgroundUnsupportedError(JupyterExecError, RuntimeError):
+    """Background runs need the agent-session API; this server has none (the executor runs
+    code over a kernel websocket, which lives only as long as its connection)."""
 
 
 class ServerStartError(JupyterExecError, RuntimeError):

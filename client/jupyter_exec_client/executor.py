@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from ._executor_core import Backend, ExecutorCore
 from ._kernel_protocol import KernelFlow
 from ._transport import SyncTransport, run_async, run_sync
 from .blocks import CodeBlockLike, IPythonCodeResult, MarkdownCodeExtractor
 from .connection import JupyterConnectable, JupyterConnectionInfo, as_connection_info
-from .errors import JupyterExecError
+from .errors import ExecutorClosedError, JupyterExecError
+from .execution import AsyncExecution, Execution
+from .outputs import CodeError, Display, OutputCallbacks
 
 __all__ = ["AsyncJupyterCodeExecutor", "JupyterCodeExecutor"]
 
@@ -123,6 +125,15 @@ class _ExecutorBase:
     def _kernel_id(self) -> str | None:
         return self._core.kernel_id
 
+    def _session_for(self, session_id: str | None) -> str:
+        """The session an execution handle is for: the given one, else the executor's."""
+        session_id = session_id or self._core.session_id
+        if session_id is None:
+            raise ExecutorClosedError(
+                "The executor has no agent session: give the session_id of the execution."
+            )
+        return session_id
+
 
 class JupyterCodeExecutor(_ExecutorBase):
     """Runs code blocks in a stateful kernel of its own on a Jupyter server (blocking).
@@ -174,6 +185,63 @@ class JupyterCodeExecutor(_ExecutorBase):
         """
         return self._run(self._core.execute_code_blocks(code_blocks))
 
+    def run(
+        self,
+        code: str,
+        *,
+        timeout: float | None = None,
+        on_stdout: Callable[[str], None] | None = None,
+        on_stderr: Callable[[str], None] | None = None,
+        on_display: Callable[[Display], None] | None = None,
+        on_result: Callable[[Display], None] | None = None,
+        on_error: Callable[[CodeError], None] | None = None,
+        on_note: Callable[[str], None] | None = None,
+    ) -> IPythonCodeResult:
+        """Run Python ``code``, calling back as its output arrives; return the whole result.
+
+        ``on_stdout``/``on_stderr`` get printed text as it is printed, ``on_display`` and
+        ``on_result`` a :class:`Display` whose files are already saved in ``output_dir``,
+        ``on_error`` a :class:`CodeError`, ``on_note`` the server's own messages (a
+        timeout, a kernel death). The result is what ``execute_code_blocks`` returns for
+        the same code. ``timeout`` defaults to the executor's. Ctrl-C (or an exception in
+        a callback) drops the connection, and the server interrupts the code.
+        """
+        callbacks = OutputCallbacks(
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+            on_display=on_display,
+            on_result=on_result,
+            on_error=on_error,
+            on_note=on_note,
+        )
+        return self._run(self._core.run(code, timeout, callbacks))
+
+    @overload
+    def start(self) -> None: ...
+
+    @overload
+    def start(self, code: str, *, timeout: float | None = None) -> Execution: ...
+
+    def start(self, code: str | None = None, *, timeout: float | None = None) -> Execution | None:
+        """Queue ``code`` as a background execution and return its :class:`Execution` at once;
+        without code, open a new agent session after :meth:`stop` (as before).
+
+        The run goes on whatever happens to this process or its connection (a blocking
+        call is interrupted when its client goes away; this one is not). ``timeout``
+        defaults to the executor's. Needs the server's agent-session API: on a plain
+        server it raises :class:`BackgroundUnsupportedError`.
+        """
+        if code is None:
+            self._run(self._core.start())
+            return None
+        model = self._run(self._core.start_execution(code, timeout))
+        return Execution(self._core, self._transport, str(model["session_id"]), str(model["id"]))
+
+    def execution(self, execution_id: str, session_id: str | None = None) -> Execution:
+        """A handle on a background execution, of this executor's session or another's
+        (``session_id``), to follow one started elsewhere (another process)."""
+        return Execution(self._core, self._transport, self._session_for(session_id), execution_id)
+
     def restart(self) -> None:
         """Give the session a fresh kernel: every variable is gone."""
         self._run(self._core.restart())
@@ -203,9 +271,6 @@ class JupyterCodeExecutor(_ExecutorBase):
         """Interrupt the running code (call it from another thread)."""
         self._run(self._core.interrupt())
 
-    def start(self) -> None:
-        """Open a new agent session after :meth:`stop` (the constructor opens the first)."""
-        self._run(self._core.start())
 
     def stop(self) -> None:
         """Delete the agent session and close the connection; calling it again does nothing."""
@@ -239,14 +304,66 @@ class AsyncJupyterCodeExecutor(_ExecutorBase):
     async def _run(self, flow: KernelFlow[T]) -> T:
         return await run_async(flow, self._transport)
 
-    async def start(self) -> None:
-        """Create the agent session (a new one after :meth:`stop`)."""
+    @overload
+    async def start(self) -> None: ...
+
+    @overload
+    async def start(self, code: str, *, timeout: float | None = None) -> AsyncExecution: ...
+
+    async def start(
+        self, code: str | None = None, *, timeout: float | None = None
+    ) -> AsyncExecution | None:
+        """Create the agent session (a new one after :meth:`stop`); with ``code``, queue it
+        as a background execution and return its :class:`AsyncExecution` at once."""
+        if code is not None:
+            model = await self._run(self._core.start_execution(code, timeout))
+            return AsyncExecution(
+                self._core, self._transport, str(model["session_id"]), str(model["id"])
+            )
         try:
             await self._run(self._core.start())
         except BaseException:
             # Nothing to stop later: close the connection now, as the blocking executor does.
             self._transport.close()
             raise
+        return None
+
+    async def run(
+        self,
+        code: str,
+        *,
+        timeout: float | None = None,
+        on_stdout: Callable[[str], None] | None = None,
+        on_stderr: Callable[[str], None] | None = None,
+        on_display: Callable[[Display], None] | None = None,
+        on_result: Callable[[Display], None] | None = None,
+        on_error: Callable[[CodeError], None] | None = None,
+        on_note: Callable[[str], None] | None = None,
+    ) -> IPythonCodeResult:
+        """Run Python ``code``, calling back (in the event loop) as its output arrives;
+        return the whole result. As :meth:`JupyterCodeExecutor.run`; cancelling the call
+        drops the connection and interrupts the kernel."""
+        callbacks = OutputCallbacks(
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+            on_display=on_display,
+            on_result=on_result,
+            on_error=on_error,
+            on_note=on_note,
+        )
+        task = asyncio.ensure_future(self._run(self._core.run(code, timeout, callbacks)))
+        try:
+            return await task
+        except asyncio.CancelledError:
+            await self._interrupt_after_cancel()
+            raise
+
+    def execution(self, execution_id: str, session_id: str | None = None) -> AsyncExecution:
+        """A handle on a background execution, of this executor's session or another's
+        (``session_id``), to follow one started elsewhere (another process)."""
+        return AsyncExecution(
+            self._core, self._transport, self._session_for(session_id), execution_id
+        )
 
     async def execute_code_blocks(
         self, code_blocks: Iterable[CodeBlockLike], cancellation_token: Any = None
