@@ -687,7 +687,9 @@ def _send_odd_text_safely(shell: Any) -> None:
     output; and ``"\\udcff"`` (a byte that was not UTF-8, decoded with ``surrogateescape``)
     goes out as a byte no receiver can decode. This packer encodes strictly, and only when
     that fails escapes such characters (``\\ud800``, ``\\xff``), keeping the rest as is.
-    Only jupyter_client's default packer is replaced: one configured on purpose stays.
+    Only jupyter_client's default packers (``json``, and ``orjson`` where it is installed,
+    which falls back to the same ``surrogateescape`` encoding) are replaced: one configured on
+    purpose stays.
     """
     session = getattr(getattr(shell, "kernel", None), "session", None)
     if session is None or getattr(session.pack, _SAFE_PACK_MARKER, False):
@@ -698,10 +700,23 @@ def _send_odd_text_safely(shell: Any) -> None:
     from jupyter_client.jsonutil import json_default  # noqa: PLC0415
 
     original = session.pack
-    if original is not session_module.json_packer:
+    fast = None
+    if original is getattr(session_module, "orjson_packer", None) and session_module.has_orjson:
+        import orjson  # noqa: PLC0415 - jupyter_client found it
+
+        # orjson encodes strictly (a lone surrogate raises): what its packer does, minus the
+        # surrogateescape fallback.
+        options = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
+        fast = lambda obj: orjson.dumps(obj, default=json_default, option=options)  # noqa: E731
+    elif original is not session_module.json_packer:
         return
 
     def pack(obj: Any) -> bytes:
+        if fast is not None:
+            try:
+                return bytes(fast(obj))
+            except TypeError:  # orjson's error: a surrogate, or a value it cannot encode
+                pass
         try:
             text = json.dumps(obj, default=json_default, ensure_ascii=False, allow_nan=False)
             return text.encode("utf-8")
