@@ -477,19 +477,30 @@ class KernelProtocolSession:
             msg_id = request["header"]["msg_id"]
             yield SendMessage(request)
             attempt_end = self._clock() + min(remaining, READY_ASK_INTERVAL)
+            # Both channels must answer (as jupyter_server's own "nudge" checks): a reply on
+            # shell alone leaves a call's output and its end, which come on IOPub, unseen.
+            answered: set[str] = set()
             while (left := attempt_end - self._clock()) > 0:
                 message = yield ReceiveMessage(left)
                 if message is None:
                     break
                 parent = message.get("parent_header") or {}
-                if message.get("channel") == "shell" and parent.get("msg_id") == msg_id:
-                    return
+                channel = message.get("channel")
+                if parent.get("msg_id") == msg_id and channel in ("shell", "iopub"):
+                    answered.add(channel)
+                    if len(answered) == 2:
+                        return
         # Not answering: the call that follows reports what happens to it.
 
     def _close_channel(self) -> KernelFlow[None]:
         if self._channel_open:
             self._channel_open = False
             yield CloseChannel()
+        # A websocket that comes back with its session id gets the server's buffered
+        # connection (jupyter_server and Kernel Gateway keep one per kernel and session id
+        # while a client is away), whose sockets can belong to the process before a death or
+        # restart: a call sent on it would be lost. A new id gets a new connection.
+        self._client_session = uuid.uuid4().hex
 
     def _kernel_id(self) -> str:
         if self.kernel_id is None:
