@@ -33,6 +33,21 @@ def pytest_runtest_makereport(
         report.longrepr = f"Skipped under CI, where every test must run: {reason}"
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, Any, None]:
+    """Under CI a module skipped whole (``importorskip`` of a framework) fails the full run.
+
+    The compat runs select by marker (``-m``) in environments without the frameworks: there a
+    module of other tests may skip.
+    """
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("CI") and report.skipped and not collector.config.getoption("markexpr"):
+        reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"Skipped under CI, where every test must run: {reason}"
+
+
 #: The fast subset that CI runs at both ends of the supported versions (.ci/run: the lowest
 #: declared version of every dependency on the lowest Python, the newest on the newest),
 #: beside the whole suite on the default Python: the API, the client (both executors, the
