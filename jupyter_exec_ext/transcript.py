@@ -256,10 +256,16 @@ class Transcript:
             self._writer = asyncio.ensure_future(self._write_pending())
 
     async def flush(self) -> None:
-        """Write every queued cell now and wait until it is in the file."""
+        """Write every queued cell now and wait until it is in the file (an open room
+        saves at once)."""
         self._write_now.set()
         while self._writer is not None and not self._writer.done():
             await asyncio.shield(self._writer)
+        if self.live is not None and self._last_live_write > -math.inf:
+            # The room saves a moment after our last change; the file must be complete now.
+            document = await self.live.document(self.path)
+            if document is not None:
+                await self.live.save_if_unwatched(document, force=True)
 
     async def _write_pending(self) -> None:
         # Calls that arrive while this task waits or writes are taken by the next round of

@@ -7,8 +7,9 @@ import json
 from typing import Any
 
 import pytest
+from jupyter_events.schema import EventSchema
 
-from jupyter_exec_ext.events import SCHEMA_ID
+from jupyter_exec_ext.events import SCHEMA_ID, SCHEMA_PATH
 
 from .conftest import Api
 
@@ -50,8 +51,13 @@ async def test_sessions_and_calls_arrive_on_the_event_bus(api: Api, jp_ws_fetch:
 
     # A streamed call is reported the same way (one place emits for every path).
     reply = await api.request(
-        "POST", session["id"], "execute", body={"code": "import matplotlib.pyplot as plt\n"
-        "plt.plot([1, 2]); plt.show()", "stream": True}
+        "POST",
+        session["id"],
+        "execute",
+        body={
+            "code": "import matplotlib.pyplot as plt\nplt.plot([1, 2]); plt.show()",
+            "stream": True,
+        },
     )
     assert reply.status == 200, reply.body
     assert (await _next_event(websocket))["action"] == "execution_started"
@@ -66,10 +72,6 @@ async def test_sessions_and_calls_arrive_on_the_event_bus(api: Api, jp_ws_fetch:
 
 
 def test_the_schema_ships_in_the_package() -> None:
-    from jupyter_events.schema import EventSchema
-
-    from jupyter_exec_ext.events import SCHEMA_PATH
-
     schema = EventSchema(SCHEMA_PATH)
     assert schema.id == SCHEMA_ID
     schema.validate({"action": "execution_started", "session_id": "x"})
