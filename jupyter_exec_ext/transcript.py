@@ -295,8 +295,12 @@ class Transcript:
                 if cell is not None:
                     self._pending.remove(call)
         except Exception:
-            self.log.exception("Could not write the live transcript %s", self.path)
-            self._pending = [call for call in self._pending if call.result is None]
+            # Cells must not be lost, nor retried forever: from now on, the file is written.
+            self.log.exception(
+                "Could not write the live transcript %s; writing the file from now on", self.path
+            )
+            self.live = None
+            return
         self._last_live_write = loop.time()
         if not self._pending or self._write_now.is_set():
             await self.live.save_if_unwatched(document, force=self._write_now.is_set())
