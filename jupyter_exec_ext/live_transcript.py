@@ -82,6 +82,8 @@ class LiveNotebooks(LoggingConfigurable):
         self.serverapp = serverapp
         self._extension: Any = None
         self._looked = False
+        # Transcript path -> the id of its room, found once.
+        self._room_ids: dict[str, str | None] = {}
 
     @property
     def extension(self) -> Any:
@@ -123,10 +125,22 @@ class LiveNotebooks(LoggingConfigurable):
         extension = self.extension
         if extension is None:
             return None
+        rooms = getattr(getattr(extension, "ywebsocket_server", None), "rooms", None)
+        room_id = self._room_ids.get(path)
+        if room_id is not None and isinstance(rooms, dict):
+            # Asked at every call's start and end: a dict lookup, where get_document would
+            # ask the file id manager (a stat and SQLite) every time.
+            room = rooms.get(room_id)
+            if room is None or not getattr(room, "ready", True):
+                return None
+            document = getattr(room, "_document", None)
+            if document is not None:
+                return document
         try:
             document = await extension.get_document(
                 path=path, content_type="notebook", file_format="json", copy=False
             )
+            self._room_ids[path] = self._room_id(path)
         except Exception:
             self.log.debug("No live document for %s", path, exc_info=True)
             return None
@@ -136,6 +150,19 @@ class LiveNotebooks(LoggingConfigurable):
         if room is not None and not getattr(room, "ready", True):
             return None
         return document
+
+    def _room_id(self, path: str) -> str | None:
+        """The id of the room of the notebook at ``path`` (as jupyter-collaboration makes it)."""
+        try:
+            # Imported here: jupyter-collaboration is optional.
+            from jupyter_server_ydoc.utils import (  # noqa: PLC0415
+                encode_file_path,
+                room_id_from_encoded_path,
+            )
+        except ImportError:
+            return None
+        file_id = self.serverapp.web_app.settings["file_id_manager"].index(path)
+        return str(room_id_from_encoded_path(encode_file_path("json", "notebook", file_id)))
 
     def _room(self, document: Any) -> Any | None:
         server = getattr(self.extension, "ywebsocket_server", None)

@@ -287,6 +287,10 @@ class Transcript:
             # The room may not have reloaded our last write of the file yet.
             await asyncio.sleep(wait)
             return
+        if not self._write_now.is_set():
+            # Gather: a short call's start and end become one update, and many small prints
+            # one per interval.
+            await asyncio.sleep(self.live.output_interval)
         try:
             for call in list(self._pending):
                 cell = self._cell(call) if call.result is not None else None
@@ -305,9 +309,8 @@ class Transcript:
         if not self._pending or self._write_now.is_set():
             await self.live.save_if_unwatched(document, force=self._write_now.is_set())
         if self._pending and not self._write_now.is_set():
-            # A call runs: wait for its news, gathered over the output interval.
+            # A call runs: wait for its news (and look for the room now and then).
             await self._wait_for_news(1.0)
-            await asyncio.sleep(self.live.output_interval)
 
     async def _write_file(self) -> None:
         """Write the calls that ended to the file (a running call waits for its end)."""
