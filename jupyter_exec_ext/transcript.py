@@ -142,9 +142,9 @@ def _merge(notebook: Any, cells: list[dict[str, Any]]) -> None:
     for cell in cells:
         index = where.get(cell["id"])
         if index is None:
-            notebook.cells.append(nbformat.from_dict(cell))
+            notebook.cells.append(cell)
         else:
-            notebook.cells[index] = nbformat.from_dict(cell)
+            notebook.cells[index] = cell
 
 
 def _cell_json(cell: dict[str, Any]) -> str:

@@ -6,10 +6,12 @@ it starts, its output while it runs, and what the person types stays where they 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +41,30 @@ def _require_collaboration() -> None:
 class _Call(threading.Thread):
     """One agent call made in the background, as an agent makes it while a person watches."""
 
-    def __init__(self, url: str, token: str, session_id: str, code: str) -> None:
+    def __init__(
+        self, url: str, token: str, session_id: str, code: str, *, stream: bool = False
+    ) -> None:
         super().__init__(daemon=True)
-        self.args_ = (f"{url}/api/agent-sessions/{session_id}/execute", token, "POST")
-        self.code = code
+        self.url = f"{url}/api/agent-sessions/{session_id}/execute"
+        self.token = token
+        self.body = {"code": code, "stream": stream}
         self.result: Any = None
         self.start()
 
     def run(self) -> None:
-        self.result = _call(*self.args_, {"code": self.code})
+        if not self.body["stream"]:
+            self.result = _call(self.url, self.token, "POST", self.body)
+            return
+        # A streamed call: its events come as lines, the result in the last ("done").
+        request = urllib.request.Request(
+            self.url,
+            data=json.dumps(self.body).encode(),
+            method="POST",
+            headers={"Authorization": f"token {self.token}"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            lines = [json.loads(line) for line in response if line.strip()]
+        self.result = lines[-1]["result"]
 
 
 def test_a_person_watches_calls_run_live(
@@ -110,9 +127,11 @@ def test_a_person_watches_calls_run_live(
         # The person adds a cell of their own at the end and types in it, unsaved; the
         # agent's next call comes after it.
         _type_a_cell_below(page, running_cell, "person_note = 'typed by a person'")
-        after = _Call(url, token, session["id"], "print('after the person')")
+        # (A streamed call: the live transcript and the stream both follow its output.)
+        after = _Call(url, token, session["id"], "print('after the person')", stream=True)
         outputs.filter(has_text="after the person").wait_for(timeout=10_000)
         after.join(30)
+        assert after.result["output"] == "after the person\n"
         sources = cells.evaluate_all(
             "nodes => nodes.map(n => n.querySelector('.jp-InputArea-editor').textContent)"
         )
