@@ -72,6 +72,9 @@ def jupyter_lab(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        # jupyter-collaboration keeps its rooms' updates in .jupyter_ystore.db in the folder
+        # the server starts in: not the checkout's.
+        cwd=tmp_path,
     )
     url = f"http://127.0.0.1:{port}"
     try:

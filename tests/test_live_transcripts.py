@@ -184,3 +184,63 @@ def _type_a_cell_below(page: Any, cell: Any, text: str) -> None:
     page.keyboard.press("Enter")
     page.keyboard.type(text)
     page.keyboard.press("Escape")
+
+
+@pytest.fixture
+def jupyter_lab_slow_saves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> tuple[str, str, Path]:
+    """`jupyter lab` whose rooms save 30 s after a change (the default is 1 s)."""
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "jupyter_server_config.json").write_text(
+        json.dumps({"YDocExtension": {"document_save_delay": 30}})
+    )
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(config))
+    server: tuple[str, str, Path] = request.getfixturevalue("jupyter_lab")
+    return server
+
+
+def test_a_room_without_tabs_saves_the_agents_cells_at_once(
+    jupyter_lab_slow_saves: tuple[str, str, Path],
+) -> None:
+    sync_playwright, _expect = _require_browser()
+    _require_collaboration()
+    url, token, root = jupyter_lab_slow_saves
+    session = _call(f"{url}/api/agent-sessions", token, "POST", {"name": "unwatched"})
+    transcript = root / session["transcript_path"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(f"{url}/lab/tree/{session['transcript_path']}?token={token}")
+        page.wait_for_selector(".jp-Notebook", timeout=60_000)
+        time.sleep(2)  # the room is open and has loaded the file
+        _call(
+            f"{url}/api/agent-sessions/{session['id']}/execute",
+            token,
+            "POST",
+            {"code": "print('seen in the tab')"},
+        )
+        page.locator(".jp-OutputArea-output").filter(has_text="seen in the tab").wait_for(
+            timeout=10_000
+        )
+        browser.close()
+    time.sleep(1)  # the room notices its client is gone; it stays open for its cleanup delay
+
+    # The room is still open, without a tab: the next call goes through it, and the room is
+    # made to save at once rather than 30 s later (or never, if it is cleaned up first).
+    _call(
+        f"{url}/api/agent-sessions/{session['id']}/execute",
+        token,
+        "POST",
+        {"code": "print('written with no tab open')"},
+    )
+    deadline = time.monotonic() + 10
+    texts: list[str] = []
+    while time.monotonic() < deadline:
+        cells = nbformat.read(transcript, as_version=4).cells
+        texts = [o.get("text", "") for cell in cells for o in cell.get("outputs", [])]
+        if "written with no tab open\n" in texts:
+            break
+        time.sleep(0.2)
+    assert texts[-2:] == ["seen in the tab\n", "written with no tab open\n"]
