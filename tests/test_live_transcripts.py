@@ -18,6 +18,7 @@ from typing import Any
 import nbformat
 import pytest
 
+from .conftest import Api
 from .test_jupyterlab import (  # noqa: F401 (the fixture is used by name)
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -244,3 +245,47 @@ def test_a_room_without_tabs_saves_the_agents_cells_at_once(
             break
         time.sleep(0.2)
     assert texts[-2:] == ["seen in the tab\n", "written with no tab open\n"]
+
+
+# -- the writer's choice, in a server with jupyter-collaboration loaded (no browser) ---------
+
+
+@pytest.fixture(params=[False, True], ids=["rtc", "disable_rtc"])
+def disable_rtc(request: pytest.FixtureRequest) -> bool:
+    """jupyter-collaboration's own switch."""
+    value: bool = request.param
+    return value
+
+
+@pytest.fixture
+def jp_server_config(disable_rtc: bool) -> dict[str, Any]:
+    """The extension beside jupyter-collaboration (and the file ids it needs)."""
+    return {
+        "ServerApp": {
+            "jpserver_extensions": {
+                "jupyter_exec_ext": True,
+                "jupyter_server_fileid": True,
+                "jupyter_server_ydoc": True,
+            }
+        },
+        "AgentSessionManager": {"default_timeout": 20, "kernel_pool": {}},
+        "YDocExtension": {"disable_rtc": disable_rtc},
+    }
+
+
+async def test_without_a_room_the_file_is_written_and_disable_rtc_is_respected(
+    api: Api, manager: Any, disable_rtc: bool, jp_root_dir: Path
+) -> None:
+    _require_collaboration()
+    assert manager.live_notebooks.available is not disable_rtc
+    session = await api.create()
+    await api.execute(session["id"], "print('to the file')")
+    transcript = manager._sessions[session["id"]].transcript
+    # No tab opened the notebook: no room exists, and none is made for it.
+    assert await manager.live_notebooks.document(session["transcript_path"]) is None
+    await transcript.flush()
+    notebook = nbformat.read(jp_root_dir / session["transcript_path"], as_version=4)
+    assert [cell.outputs[0]["text"] for cell in notebook.cells] == ["to the file\n"]
+    apps = manager.live_notebooks.serverapp.extension_manager.extension_apps
+    [collaboration] = apps["jupyter_server_ydoc"]
+    assert not collaboration.ywebsocket_server.rooms
