@@ -166,6 +166,10 @@ class AgentSession:
             except BaseException:
                 if transcript is not None and live is not None:  # its running cell must end
                     transcript.append(code, capture.result("error", None), live)
+                if self.events is not None:
+                    self.events.execution_finished(
+                        self.id, capture.result("error", None), time.monotonic() - started
+                    )
                 raise
             finally:
                 self.last_activity = utcnow()
