@@ -6,7 +6,9 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Type
 
 from ._version import __version__
+from .events import AgentSessionEvents
 from .handlers import default_handlers
+from .live_transcript import LiveNotebooks
 from .manager import AgentSessionManager
 
 
@@ -36,6 +38,10 @@ class AgentSessionsApp(ExtensionApp):
             contents_manager=self.serverapp.contents_manager,
             session_manager=self.serverapp.session_manager,
         )
+        self.agent_session_manager.live_notebooks = LiveNotebooks(
+            self.serverapp, parent=self.agent_session_manager
+        )
+        self.agent_session_manager.events = AgentSessionEvents.for_server(self.serverapp, self.log)
         self.settings.update({"agent_session_manager": self.agent_session_manager})
 
     def initialize_handlers(self) -> None:

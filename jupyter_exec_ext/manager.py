@@ -28,9 +28,11 @@ from traitlets.config import LoggingConfigurable
 import kernel_helper
 
 from .changes import WorkspaceChanges
+from .events import AgentSessionEvents
 from .executions import Execution, ExecutionRegistry
 from .gateway import GatewayKernelConnection, is_gateway_kernel_manager, kernel_spec_from_model
 from .kernel import KernelConnection, KernelDied
+from .live_transcript import LiveNotebooks
 from .pool import KernelPool
 from .sandbox import (
     LAUNCH_ARGUMENT,
@@ -320,6 +322,10 @@ class AgentSessionManager(LoggingConfigurable):
         self._pool: KernelPool | None = None
         self._culler: PeriodicCallback | None = None
         self._cull_task: asyncio.Future[None] | None = None
+        #: Where transcripts are written live (set by the app; ``c.LiveNotebooks.*``).
+        self.live_notebooks: LiveNotebooks | None = None
+        #: Server events of sessions and their calls (set by the app; None: not sent).
+        self.events: AgentSessionEvents | None = None
         #: Streamed and background executions; its settings are ``c.ExecutionRegistry.*``.
         self.executions = ExecutionRegistry(parent=self, log=self.log)
         self._sandbox_checked = False
@@ -516,7 +522,11 @@ class AgentSessionManager(LoggingConfigurable):
         self.log.info(
             "Agent session %s (%s) started on kernel %s", name, session_id, session.kernel_id
         )
-        return session.model()
+        model = session.model()
+        if self.events is not None:
+            session.events = self.events
+            self.events.session("session_created", model)
+        return model
 
     async def delete_session(self, session_id: str) -> None:
         """Shut the session's kernel down and forget it; its working folder stays."""
@@ -526,6 +536,8 @@ class AgentSessionManager(LoggingConfigurable):
         self.executions.forget_session(session_id)
         await self._unregister(session_id)
         self.log.info("Agent session %s (%s) deleted", session.name, session_id)
+        if self.events is not None:
+            self.events.session("session_deleted", session.model())
 
     async def execute(
         self, session_id: str, code: str, timeout: float | None = None
@@ -932,6 +944,7 @@ class AgentSessionManager(LoggingConfigurable):
             log=self.log,
             os_path=self._os_path(path),
             write_interval=self.transcript_write_interval,
+            live=self.live_notebooks,
         )
         transcript.start()
         model = await self.session_manager.create_session(

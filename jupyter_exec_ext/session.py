@@ -4,16 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .capture import OutputCapture
 from .changes import WorkspaceChanges
 from .kernel import KernelConnection, KernelDied, Outcome
 from .store import OutputStore
 from .transcript import Transcript
+
+if TYPE_CHECKING:
+    from .events import AgentSessionEvents
+
+
+def _both(
+    first: Callable[[dict[str, Any]], None] | None, second: Callable[[dict[str, Any]], None]
+) -> Callable[[dict[str, Any]], None]:
+    """A listener that tells ``first`` (if any), then ``second``."""
+    if first is None:
+        return second
+
+    def listener(event: dict[str, Any]) -> None:
+        first(event)
+        second(event)
+
+    return listener
 
 
 def utcnow() -> datetime:
@@ -71,6 +90,8 @@ class AgentSession:
         self.memory_limit = memory_limit
         self.env = dict(env or {})
         self.changes = changes
+        #: Where the session's calls are reported as server events (None: nowhere).
+        self.events: AgentSessionEvents | None = None
         self.created = self.last_activity = utcnow()
         self.execution_count = 0
         self.status = "idle"
@@ -117,9 +138,18 @@ class AgentSession:
                 raise SessionClosedError(self.id)
             if on_start is not None:
                 on_start()
+            started = time.monotonic()
+            if self.events is not None:
+                self.events.execution_started(self.id)
             self.status = "busy"
             self.last_activity = utcnow()
-            capture = OutputCapture(self.store, max_chars, listener=on_output)
+            # The transcript follows the call live where its notebook is open in JupyterLab.
+            transcript = self.transcript
+            live = transcript.begin(code) if transcript is not None else None
+            listener = on_output
+            if transcript is not None and live is not None:
+                listener = _both(on_output, partial(transcript.output, live))
+            capture = OutputCapture(self.store, max_chars, listener=listener)
             if self.changes is not None:
                 self.changes.begin_call()
             try:
@@ -127,7 +157,19 @@ class AgentSession:
             except asyncio.CancelledError:
                 capture.add_note("The client went away, so the call was interrupted.")
                 if self.transcript is not None:
-                    self.transcript.append(code, capture.result("error", None))
+                    self.transcript.append(code, capture.result("error", None), live)
+                if self.events is not None:
+                    self.events.execution_finished(
+                        self.id, capture.result("error", None), time.monotonic() - started
+                    )
+                raise
+            except BaseException:
+                if transcript is not None and live is not None:  # its running cell must end
+                    transcript.append(code, capture.result("error", None), live)
+                if self.events is not None:
+                    self.events.execution_finished(
+                        self.id, capture.result("error", None), time.monotonic() - started
+                    )
                 raise
             finally:
                 self.last_activity = utcnow()
@@ -139,7 +181,9 @@ class AgentSession:
             result = capture.result(outcome.status, outcome.execution_count)
             result["workspace_changes"] = workspace_changes
             if self.transcript is not None:
-                self.transcript.append(code, result)
+                self.transcript.append(code, result, live)
+            if self.events is not None:
+                self.events.execution_finished(self.id, result, time.monotonic() - started)
             return result
 
     def _workspace_changes(self, capture: OutputCapture) -> list[dict[str, Any]]:

@@ -11,6 +11,10 @@ brackets: a call costs the same in the ten-thousandth cell as in the first, and 
 holds no copy of the notebook. When the file changed since our last write (a person edited
 it) or the contents manager keeps no files, the notebook is read, extended and written whole.
 
+When the notebook is open in JupyterLab with jupyter-collaboration, cells are written
+through the room's live document instead (:mod:`jupyter_exec_ext.live_transcript`): one
+writer at a time, never the file under an open room.
+
 The transcript is not signed as trusted: its outputs come from agent code, so JupyterLab
 treats them like those of any notebook from elsewhere.
 """
@@ -22,9 +26,9 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import os
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,7 @@ import nbformat
 from jupyter_core.utils import ensure_async
 
 from . import mime
+from .live_transcript import LiveNotebooks, TranscriptCall
 from .store import OutputStore, StoredFileChangedError
 
 #: How our transcripts end: the close of the cell list, then of the notebook.
@@ -130,6 +135,18 @@ def _put(data: dict[str, Any], mime_type: str, raw: bytes) -> None:
         return
 
 
+def _merge(notebook: Any, cells: list[dict[str, Any]]) -> None:
+    """Put ``cells`` in the notebook: over a cell of the same id (a room saved it while its
+    call ran), else at the end."""
+    where = {cell.get("id"): index for index, cell in enumerate(notebook.cells)}
+    for cell in cells:
+        index = where.get(cell["id"])
+        if index is None:
+            notebook.cells.append(cell)
+        else:
+            notebook.cells[index] = cell
+
+
 def _cell_json(cell: dict[str, Any]) -> str:
     text = json.dumps(cell, indent=1, sort_keys=True, ensure_ascii=False)
     # split("\n"), not splitlines(): strings may hold U+2028 or U+0085, which json.dumps
@@ -163,13 +180,15 @@ class Transcript:
         log: logging.Logger,
         os_path: Path | None = None,
         write_interval: float = 0.0,
+        live: LiveNotebooks | None = None,
     ) -> None:
         """Write to ``path`` (an API path of ``contents_manager``).
 
         ``os_path`` is where that path is on disk when the contents manager keeps files:
         cells are then appended in place. A queued cell is written at most
         ``write_interval`` seconds after its call ended, together with the cells of the calls
-        that came meanwhile.
+        that came meanwhile. With ``live``, cells go to the room's live document of the
+        notebook while one is open.
         """
         self.contents_manager = contents_manager
         self.path = path
@@ -178,9 +197,15 @@ class Transcript:
         self.store = store
         self.log = log
         self.write_interval = write_interval
-        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self.live = live if live is not None and live.available else None
+        # Calls not completely written yet, in call order (a running one last).
+        self._pending: list[TranscriptCall] = []
         self._writer: asyncio.Task[None] | None = None
         self._write_now = asyncio.Event()
+        self._news = asyncio.Event()
+        # When each writer last wrote (loop time): the other waits its hold-off after it.
+        self._last_file_write = -math.inf
+        self._last_live_write = -math.inf
         # The file's size and modification time after our last write: while they hold, the
         # file is ours to append to.
         self._on_disk: tuple[int, int] | None = None
@@ -199,44 +224,148 @@ class Transcript:
             self.log.exception("Could not create the transcript %s", self.path)
         await self._write_pending()
 
-    def append(self, code: str, result: dict[str, Any]) -> None:
-        """Queue one call as a code cell; the write happens in the background."""
-        self._pending.append((code, result))
+    def begin(self, code: str) -> TranscriptCall | None:
+        """A call starts: its cell shows at once where the notebook is open live.
+
+        Returns the call to report its outputs and its end on, or None when transcripts are
+        not written live here (the cell is then written when the call ends).
+        """
+        if self.live is None:
+            return None
+        call = TranscriptCall(code)
+        self._queue(call)
+        return call
+
+    def output(self, call: TranscriptCall, event: dict[str, Any]) -> None:
+        """An output event of a running call (shown live where the notebook is open)."""
+        call.events.append(event)
+        self._news.set()
+
+    def append(self, code: str, result: dict[str, Any], call: TranscriptCall | None = None) -> None:
+        """The call ended: queue its code cell; the write happens in the background."""
+        if call is None or call not in self._pending:
+            call = TranscriptCall(code)
+            self._queue(call)
+        call.result = result
+        self._news.set()
+
+    def _queue(self, call: TranscriptCall) -> None:
+        self._pending.append(call)
+        self._news.set()
         if self._writer is None or self._writer.done():
             self._writer = asyncio.ensure_future(self._write_pending())
 
     async def flush(self) -> None:
-        """Write every queued cell now and wait until it is in the file."""
+        """Write every queued cell now and wait until it is in the file (an open room
+        saves at once)."""
         self._write_now.set()
         while self._writer is not None and not self._writer.done():
             await asyncio.shield(self._writer)
+        if self.live is not None and self._last_live_write > -math.inf:
+            # The room saves a moment after our last change; the file must be complete now.
+            document = await self.live.document(self.path)
+            if document is not None:
+                await self.live.save_if_unwatched(document, force=True)
 
     async def _write_pending(self) -> None:
-        # Cells that arrive while this task waits or writes are taken by the next round of
+        # Calls that arrive while this task waits or writes are taken by the next round of
         # this loop, so a burst of calls costs few writes and no cell is lost or reordered.
         while self._pending:
-            if self.write_interval > 0 and not self._write_now.is_set():
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._write_now.wait(), self.write_interval)
-            calls, self._pending = self._pending, []
-            try:
-                cells = [self._cell(code, result) for code, result in calls]
-                if not self._append_in_place(cells):
-                    notebook = await self._load()
-                    notebook.cells.extend(cells)
-                    await self._save(notebook)
-            except Exception:
-                self._on_disk = None  # read the file afresh next time
-                self.log.exception("Could not append to the transcript %s", self.path)
+            self._news.clear()
+            document = await self.live.document(self.path) if self.live else None
+            if document is not None:
+                await self._write_live(document)
+            else:
+                await self._write_file()
 
-    def _cell(self, code: str, result: dict[str, Any]) -> dict[str, Any]:
+    async def _write_live(self, document: Any) -> None:
+        """Bring every pending call's cell in the live document up to date."""
+        assert self.live is not None
+        loop = asyncio.get_running_loop()
+        wait = self._last_file_write + self.live.file_holdoff - loop.time()
+        if wait > 0:
+            # The room may not have reloaded our last write of the file yet.
+            await asyncio.sleep(wait)
+            return
+        if not self._write_now.is_set():
+            # Gather: a short call's start and end become one update, and many small prints
+            # one per interval.
+            await asyncio.sleep(self.live.output_interval)
+        try:
+            for call in list(self._pending):
+                cell = self._cell(call) if call.result is not None else None
+                if cell is not None or call.events or not call.went_live:
+                    self.live.write(document, call, cell, self._outputs)
+                if cell is not None:
+                    self._pending.remove(call)
+        except Exception:
+            # Cells must not be lost, nor retried forever: from now on, the file is written.
+            self.log.exception(
+                "Could not write the live transcript %s; writing the file from now on", self.path
+            )
+            self.live = None
+            return
+        self._last_live_write = loop.time()
+        if not self._pending or self._write_now.is_set():
+            await self.live.save_if_unwatched(document, force=self._write_now.is_set())
+        if self._pending and not self._write_now.is_set():
+            # A call runs: wait for its news (and look for the room now and then).
+            await self._wait_for_news(1.0)
+
+    async def _write_file(self) -> None:
+        """Write the calls that ended to the file (a running call waits for its end)."""
+        loop = asyncio.get_running_loop()
+        if self.live is not None:
+            wait = self._last_live_write + self.live.live_holdoff - loop.time()
+            if wait > 0:
+                # The room that had our cells may still be saving them.
+                await asyncio.sleep(wait)
+                return
+        ended = 0
+        while ended < len(self._pending) and self._pending[ended].result is not None:
+            ended += 1
+        if not ended:
+            # Only a running call: check for a room now and then (a tab may open).
+            await self._wait_for_news(1.0)
+            await asyncio.sleep(self.live.output_interval if self.live else 0)
+            return
+        if self.write_interval > 0 and not self._write_now.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._write_now.wait(), self.write_interval)
+            if self.live is not None and await self.live.document(self.path) is not None:
+                return  # a tab opened the notebook meanwhile: the cells go there
+        while ended < len(self._pending) and self._pending[ended].result is not None:
+            ended += 1
+        calls, self._pending = self._pending[:ended], self._pending[ended:]
+        try:
+            cells = [self._cell(call) for call in calls]
+            went_live = any(call.went_live for call in calls)
+            if went_live or not self._append_in_place(cells):
+                notebook = await self._load()
+                _merge(notebook, cells)
+                await self._save(notebook)
+        except Exception:
+            self._on_disk = None  # read the file afresh next time
+            self.log.exception("Could not append to the transcript %s", self.path)
+        self._last_file_write = loop.time()
+
+    async def _wait_for_news(self, timeout: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._news.wait(), timeout)
+
+    def _outputs(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return notebook_outputs({"outputs": events}, self.store)
+
+    def _cell(self, call: TranscriptCall) -> dict[str, Any]:
+        result = call.result
+        assert result is not None
         return {
             "cell_type": "code",
-            "id": uuid.uuid4().hex,
+            "id": call.cell_id,
             "execution_count": result["execution_count"],
             "metadata": {"agent_session": {"status": result["status"]}},
             "outputs": notebook_outputs(result, self.store),
-            "source": code,
+            "source": call.code,
         }
 
     def _append_in_place(self, cells: list[dict[str, Any]]) -> bool:

@@ -72,6 +72,9 @@ def jupyter_lab(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        # jupyter-collaboration keeps its rooms' updates in .jupyter_ystore.db in the folder
+        # the server starts in: not the checkout's.
+        cwd=tmp_path,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -128,7 +131,7 @@ def test_a_person_sees_the_session_live_in_jupyterlab(
         time.sleep(0.1)
 
     kernels_before = {kernel["id"] for kernel in _call(f"{url}/api/kernels", token)}
-    screenshot = tmp_path / "jupyterlab-transcript.png"
+    screenshot = tmp_path / "jupyterlab-running-panel.png"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 900})

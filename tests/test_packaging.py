@@ -21,6 +21,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from jupyter_exec_ext.handlers import default_handlers
+from jupyter_exec_ext.live_transcript import LiveNotebooks
 from jupyter_exec_ext.manager import AgentSessionManager
 from jupyter_exec_ext.requirements import unmet_requirements
 from jupyter_exec_ext.spec import load_spec
@@ -68,10 +69,11 @@ def test_spec_documents_every_handler_method() -> None:
 
 
 def test_every_setting_is_documented() -> None:
-    traits = AgentSessionManager.class_traits(config=True)
-    assert traits
-    for name, trait in traits.items():
-        assert trait.help and trait.help.endswith("."), name
+    for configurable in (AgentSessionManager, LiveNotebooks):
+        traits = configurable.class_traits(config=True)
+        assert traits
+        for name, trait in traits.items():
+            assert trait.help and trait.help.endswith("."), name
 
 
 @pytest.fixture
@@ -155,8 +157,9 @@ def test_plain_jupyter_server_serves_the_api(plain_jupyter_server: tuple[str, st
 
 def test_every_setting_is_in_the_readme() -> None:
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    for name in AgentSessionManager.class_traits(config=True):
-        assert f"| `{name}` |" in readme, name
+    for configurable in (AgentSessionManager, LiveNotebooks):
+        for name in configurable.class_traits(config=True):
+            assert f"| `{name}` |" in readme, name
 
 
 # -- dependencies the installed package declares ----------------------------------------------
