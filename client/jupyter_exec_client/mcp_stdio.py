@@ -84,7 +84,11 @@ class RestToolBackend:
         self.created.discard(session_id)
 
     async def execute(
-        self, session_id: str, code: str, timeout: float, on_event: EventCallback | None
+        self,
+        session_id: str,
+        code: str,
+        timeout: float,  # noqa: ASYNC109 - the server interrupts the code
+        on_event: EventCallback | None,
     ) -> dict[str, Any]:
         """Run code: one blocking request, or a streamed one when events are wanted."""
         if on_event is None:
@@ -92,7 +96,11 @@ class RestToolBackend:
         return await self._call(self._streamed(session_id, code, timeout, on_event), session_id)
 
     async def _streamed(
-        self, session_id: str, code: str, timeout: float, on_event: EventCallback
+        self,
+        session_id: str,
+        code: str,
+        timeout: float,  # noqa: ASYNC109 - the server interrupts the code
+        on_event: EventCallback,
     ) -> dict[str, Any]:
         stream = await run_async(
             self.api.execute_streamed(session_id, code, timeout), self.transport, keep_streams=True
@@ -129,14 +137,13 @@ class RestToolBackend:
         with tempfile.TemporaryDirectory(prefix="jupyter-exec-mcp-") as folder:
             local = Path(folder, "file")
             await self._call(self.api.download_workspace_file(session_id, path, local), session_id)
-            with local.open("rb") as file:
-                return file.read(max_bytes), local.stat().st_size
+            return await asyncio.to_thread(_head, local, max_bytes)
 
     async def write_file(self, session_id: str, path: str, data: bytes) -> dict[str, Any]:
         """Upload ``data`` as a workspace file."""
         with tempfile.TemporaryDirectory(prefix="jupyter-exec-mcp-") as folder:
             local = Path(folder, "file")
-            local.write_bytes(data)
+            await asyncio.to_thread(local.write_bytes, data)
             return await self._call(self.api.upload(session_id, local, path), session_id)
 
     async def get_image(
@@ -175,3 +182,9 @@ async def serve(connection_info: JupyterConnectionInfo, kernel_name: str) -> Non
         # Shielded: a second SIGTERM or the loop's end must not leave kernels behind.
         with anyio.CancelScope(shield=True):
             await backend.close()
+
+
+def _head(path: Path, max_bytes: int) -> tuple[bytes, int]:
+    """The first ``max_bytes`` of a file, and its size."""
+    with path.open("rb") as file:
+        return file.read(max_bytes), path.stat().st_size

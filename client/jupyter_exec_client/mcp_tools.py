@@ -28,8 +28,12 @@ from ._version import __version__
 MAX_INLINE_IMAGES = 3
 #: The long edge, in pixels, images are downscaled to for a model (Claude's own limit).
 MAX_IMAGE_EDGE = 1568
-#: Bytes an inline image may have once downscaled (Claude Desktop refuses results over 1 MiB).
+#: Bytes an image may have once downscaled (the server re-encodes it smaller past that).
 MAX_IMAGE_BYTES = 750_000
+#: Bytes of all the inline images of one result together: base64 makes them a third
+#: larger, and clients refuse a result (Claude Desktop) or a message (the SDK's SSE reader)
+#: over 1 MiB. Images past it are links.
+MAX_INLINE_BYTES = 700_000
 #: Seconds between progress notifications while a call prints nothing (clients give up on a
 #: request they hear nothing of for a while).
 HEARTBEAT_SECONDS = 5.0
@@ -390,15 +394,17 @@ class McpTools:
             result = await self.backend.execute(session_id, code, timeout, None)
         content: list[types.ContentBlock] = [types.TextContent(text=result_text(result))]
         images = [f for f in result.get("files") or [] if f["mime_type"].startswith("image/")]
-        for index, file in enumerate(images):
+        inline, budget = 0, MAX_INLINE_BYTES
+        for file in images:
             uri = file_uri(session_id, file["id"])
-            if index < MAX_INLINE_IMAGES:
+            if inline < MAX_INLINE_IMAGES:
                 with contextlib.suppress(ToolError):
                     data, mime_type = await self.backend.get_image(
                         session_id, file["id"], MAX_IMAGE_EDGE
                     )
-                    if len(data) <= MAX_IMAGE_BYTES:
+                    if len(data) <= budget:
                         content.append(_image(data, mime_type))
+                        inline, budget = inline + 1, budget - len(data)
                         continue
             content.append(
                 types.ResourceLink(
