@@ -18,7 +18,6 @@ from typing import Any
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
-from tornado.iostream import StreamClosedError
 
 from . import images
 from .handlers import AUTH_RESOURCE
@@ -228,6 +227,7 @@ class McpHandler(APIHandler):
 
     auth_resource = AUTH_RESOURCE
     _closed: asyncio.Event | None = None
+    _flush_scheduled = False
 
     @property
     def endpoint(self) -> McpEndpoint:
@@ -300,14 +300,29 @@ class McpHandler(APIHandler):
                 if body:
                     self.write(body)
                 if message.get("more_body"):
-                    try:
-                        await self.flush()
-                    except StreamClosedError:
-                        self.on_connection_close()
+                    self._flush_soon()
 
         await self.endpoint.session_manager.handle_request(scope, receive, send)
         if not self._finished and not self._closed_now():
             self.finish()
+
+    def _flush_soon(self) -> None:
+        """Send what was written once the loop is done with its ready callbacks: an answer
+        whose end follows at once (the common case) leaves in one write, not two."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_scheduled = False
+        if self._finished or self._closed_now():
+            return
+        flushed = self.flush()
+        flushed.add_done_callback(self._flushed)
+
+    def _flushed(self, future: asyncio.Future[None]) -> None:
+        if future.exception() is not None:  # the client went away
+            self.on_connection_close()
 
     def _closed_now(self) -> bool:
         return self._closed is not None and self._closed.is_set()

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import jsonschema
+import jsonschema.exceptions
 import mcp_types as types
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
@@ -37,6 +38,11 @@ MAX_INLINE_BYTES = 700_000
 #: Seconds between progress notifications while a call prints nothing (clients give up on a
 #: request they hear nothing of for a while).
 HEARTBEAT_SECONDS = 5.0
+#: Characters of printed output one progress notification carries at most.
+MAX_PROGRESS_CHARS = 4_000
+#: Characters of output all progress notifications of a call carry; past it only the
+#: heartbeat goes on (the result has the output, cut as the server cuts it).
+MAX_PROGRESS_TOTAL_CHARS = 100_000
 #: Characters of a workspace file ``read_file`` returns; the rest is cut with a note.
 MAX_READ_CHARS = 100_000
 #: Seconds a call may run when the model gives no timeout.
@@ -308,6 +314,10 @@ class McpTools:
         self.implicit_session = implicit_session
         self.tools = tool_definitions(implicit_session=implicit_session)
         self._schemas = {tool.name: tool.input_schema for tool in self.tools}
+        # Built once: jsonschema.validate checks the schema itself on every call.
+        self._validators = {
+            name: jsonschema.Draft202012Validator(schema) for name, schema in self._schemas.items()
+        }
         self.default_session_id: str | None = None
         self._default_lock = asyncio.Lock()
 
@@ -323,11 +333,10 @@ class McpTools:
                 f"{name} needs a session_id: call create_session first and pass the "
                 "session_id it returns (list_sessions shows the live ones)."
             )
-        try:
-            jsonschema.validate(arguments, schema)
-        except jsonschema.ValidationError as e:
-            where = ".".join(str(p) for p in e.absolute_path) or "arguments"
-            return _error(f"Invalid arguments for {name}: {where}: {e.message}")
+        error = jsonschema.exceptions.best_match(self._validators[name].iter_errors(arguments))
+        if error is not None:
+            where = ".".join(str(p) for p in error.absolute_path) or "arguments"
+            return _error(f"Invalid arguments for {name}: {where}: {error.message}")
         try:
             return await getattr(self, f"_{name}")(progress=progress, **arguments)
         except ToolError as e:
@@ -534,6 +543,7 @@ class ProgressReporter:
         """Send through ``report(progress, message)``; None when the client wants none."""
         self._report = report
         self._count = 0
+        self._chars = 0
         self._started = time.monotonic()
         self._last = self._started
 
@@ -551,12 +561,23 @@ class ProgressReporter:
         await self._report(self._count, message)
 
     async def event(self, event: dict[str, Any]) -> None:
-        """Pass an execution event on: printed text as is, other outputs named."""
+        """Pass an execution event on: printed text as is, other outputs named; bounded, so
+        a cell printing megabytes does not send them all twice (here and in the result)."""
         kind = event.get("type")
         if kind == "stream":
-            await self.send(str(event.get("text", "")))
+            text = str(event.get("text", ""))
         elif kind in ("result", "display", "error", "note"):
-            await self.send(str(event.get("text") or event.get("evalue") or f"[{kind}]"))
+            text = str(event.get("text") or event.get("evalue") or f"[{kind}]")
+        else:
+            return
+        if self._chars >= MAX_PROGRESS_TOTAL_CHARS:
+            return
+        if len(text) > MAX_PROGRESS_CHARS:
+            text = text[:MAX_PROGRESS_CHARS] + f"[... {len(text) - MAX_PROGRESS_CHARS} more]"
+        self._chars += len(text)
+        if self._chars >= MAX_PROGRESS_TOTAL_CHARS:
+            text += "\n[... more output in the result]"
+        await self.send(text)
 
     @contextlib.asynccontextmanager
     async def heartbeat(self) -> Any:
