@@ -1057,9 +1057,11 @@ class Benchmark:
         progress("jupyter-exec mcp: start to first tool result")
         for _ in range(max(1, self.settings.startup_runs // 2)):
             for mode in starts:
-                own_env = env if mode == "url" else {
-                    k: v for k, v in env.items() if not k.startswith("JUPYTER_EXEC_")
-                }
+                own_env = (
+                    env
+                    if mode == "url"
+                    else {k: v for k, v in env.items() if not k.startswith("JUPYTER_EXEC_")}
+                )
                 parameters = StdioServerParameters(command=command, args=["mcp"], env=own_env)
                 started = time.perf_counter()
                 async with (

@@ -199,10 +199,14 @@ class McpEndpoint:
         self.log = log
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self._ready = asyncio.Event()
 
     async def start(self) -> None:
-        """Enter the SDK manager's ``run()`` in a task of the server's loop."""
-        started = asyncio.Event()
+        """Enter the SDK manager's ``run()`` in a task of the server's loop (once)."""
+        if self._task is not None:
+            await self._ready.wait()
+            return
+        started = self._ready
 
         async def run() -> None:
             async with self.session_manager.run():
@@ -211,6 +215,12 @@ class McpEndpoint:
 
         self._task = asyncio.ensure_future(run())
         await started.wait()
+
+    async def ensure_started(self) -> None:
+        """Start on first use where the host never ran the extension's start hook (servers
+        started by ``start_app`` alone, as pytest-jupyter's)."""
+        if not self._ready.is_set():
+            await self.start()
 
     async def stop(self) -> None:
         """Leave ``run()``: open MCP sessions and their streams end."""
@@ -302,6 +312,7 @@ class McpHandler(APIHandler):
                 if message.get("more_body"):
                     self._flush_soon()
 
+        await self.endpoint.ensure_started()
         await self.endpoint.session_manager.handle_request(scope, receive, send)
         if not self._finished and not self._closed_now():
             self.finish()

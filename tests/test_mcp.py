@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import itertools
 import os
 import subprocess
 import sys
@@ -285,7 +286,8 @@ def test_errors_are_tool_errors(server: LocalJupyterServer) -> None:
             kernel = await mcp.call_tool("create_session", {"kernel_name": "no-such-kernel"})
             assert kernel.is_error
             assert "no-such-kernel" in text_of(kernel)
-            timeout = await mcp.call_tool("execute", {"code": "import time; time.sleep(30)", "timeout": 1})
+            sleeping = {"code": "import time; time.sleep(30)", "timeout": 1}
+            timeout = await mcp.call_tool("execute", sleeping)
             assert timeout.is_error
             assert "Timeout" in text_of(timeout)
 
@@ -316,9 +318,7 @@ def test_a_session_deleted_under_the_client_is_a_clear_tool_error(
 def test_progress_reaches_the_client_during_a_long_cell(
     server: LocalJupyterServer, transport: str
 ) -> None:
-    code = (
-        "import time\nprint('started', flush=True)\ntime.sleep(12)\nprint('ended', flush=True)"
-    )
+    code = "import time\nprint('started', flush=True)\ntime.sleep(12)\nprint('ended', flush=True)"
 
     async def scenario() -> None:
         opened = http_session(server) if transport == "http" else stdio_session(server)
@@ -326,7 +326,9 @@ def test_progress_reaches_the_client_during_a_long_cell(
             arguments = {"session_id": await new_session(mcp)} if transport == "http" else {}
             heard: list[tuple[float, str | None]] = []
 
-            async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            async def on_progress(
+                progress: float, total: float | None, message: str | None
+            ) -> None:
                 heard.append((time.monotonic(), message))
 
             begun = time.monotonic()
@@ -342,7 +344,7 @@ def test_progress_reaches_the_client_during_a_long_cell(
         assert "ended\n" in messages
         # A notification at least every 10 s while the cell sleeps, so no client idles out.
         times = [begun] + [moment for moment, _ in heard] + [ended]
-        assert max(b - a for a, b in zip(times, times[1:], strict=False)) < 10
+        assert max(b - a for a, b in itertools.pairwise(times)) < 10
         assert any(message and message.startswith("running for") for message in messages)
 
     run(scenario)
