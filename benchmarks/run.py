@@ -1053,15 +1053,20 @@ class Benchmark:
                     details,
                 )
             )
-        starts = {"url": [], "local": []}
+        await self._measure_mcp_start(command, env)
+
+    async def _measure_mcp_start(self, command: str, env: dict[str, str]) -> None:
+        """``jupyter-exec mcp`` from its start to its first ``execute`` result, pointed at
+        a running server (``env``) and starting its own."""
+        from mcp.client.session import ClientSession  # noqa: PLC0415
+        from mcp.client.stdio import StdioServerParameters, stdio_client  # noqa: PLC0415
+
+        local_env = {k: v for k, v in env.items() if not k.startswith("JUPYTER_EXEC_")}
+        environments = {"url": env, "local": local_env}
+        starts: dict[str, list[float]] = {"url": [], "local": []}
         progress("jupyter-exec mcp: start to first tool result")
         for _ in range(max(1, self.settings.startup_runs // 2)):
-            for mode in starts:
-                own_env = (
-                    env
-                    if mode == "url"
-                    else {k: v for k, v in env.items() if not k.startswith("JUPYTER_EXEC_")}
-                )
+            for mode, own_env in environments.items():
                 parameters = StdioServerParameters(command=command, args=["mcp"], env=own_env)
                 started = time.perf_counter()
                 async with (
