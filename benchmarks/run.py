@@ -1027,14 +1027,51 @@ class Benchmark:
                     raise BenchmarkError(f"MCP execute failed: {result.content}")
                 return time.perf_counter() - started
 
+            # The same tools/call as one plain POST (requests, as the REST line): the
+            # server's share of the cost, without the SDK client's.
+            plain = requests.Session()
+            plain.headers.update(
+                {
+                    "Authorization": f"token {server.token}",
+                    "Accept": "application/json, text/event-stream",
+                    "Content-Type": "application/json",
+                }
+            )
+            plain_url = f"{server.base_url}/agent-sessions/mcp"
+            opened = plain.post(
+                plain_url,
+                data=json.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                    "protocolVersion": "2025-11-25", "capabilities": {},
+                    "clientInfo": {"name": "bench", "version": "1"}}}),
+                timeout=REQUEST_TIMEOUT,
+            )  # fmt: skip
+            plain.headers["mcp-session-id"] = opened.headers["mcp-session-id"]
+            plain.headers["mcp-protocol-version"] = "2025-11-25"
+            plain.post(
+                plain_url,
+                data='{"jsonrpc": "2.0", "method": "notifications/initialized"}',
+                timeout=REQUEST_TIMEOUT,
+            )
+            call = json.dumps(
+                {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+                    "name": "execute", "arguments": {"code": CALL_CODE, "session_id": http_session}}}
+            )  # fmt: skip
+
+            def plain_call() -> None:
+                answer = plain.post(plain_url, data=call, timeout=REQUEST_TIMEOUT)
+                if "status: ok" not in answer.text:
+                    raise BenchmarkError(f"MCP tools/call failed: {answer.text[:300]}")
+
             for _ in range(self.settings.warmup_calls):
                 rest()
+                plain_call()
                 await over(http, {"session_id": http_session})
                 await over(stdio, {})
-            times: dict[str, list[float]] = {"rest": [], "http": [], "stdio": []}
+            times: dict[str, list[float]] = {"rest": [], "plain": [], "http": [], "stdio": []}
             while len(times["rest"]) < calls:
                 block = min(self.settings.roundtrip_block, calls - len(times["rest"]))
                 times["rest"].extend(timed(rest) for _ in range(block))
+                times["plain"].extend(timed(plain_call) for _ in range(block))
                 for _ in range(block):
                     times["http"].append(await over(http, {"session_id": http_session}))
                 for _ in range(block):
@@ -1053,6 +1090,16 @@ class Benchmark:
                     details,
                 )
             )
+        self.add(
+            Metric(
+                "mcp_http_plain_roundtrip_median",
+                f"MCP execute {CALL_CODE} over HTTP as one plain POST (no SDK client), median",
+                "ms",
+                statistics.median(ms["plain"]),
+                statistics.median(ms["rest"]),
+                details=details,
+            )
+        )
         await self._measure_mcp_start(command, env)
 
     async def _measure_mcp_start(self, command: str, env: dict[str, str]) -> None:
