@@ -364,20 +364,19 @@ class McpTools:
         return _text(
             f"session_id: {model['id']}\nname: {model.get('name')}\n"
             f"kernel: {model.get('kernel_name')}",
-            model,
         )
 
     async def _list_sessions(self, progress: ProgressReporter) -> types.CallToolResult:
         models = await self.backend.list_sessions()
         if not models:
-            return _text("No live sessions.", {"sessions": []})
+            return _text("No live sessions.")
         lines = [
             f"{m['id']}  name={m.get('name')}  kernel={m.get('kernel_name')}  "
             f"status={m.get('status')}  calls={m.get('execution_count')}"
             + ("  (default)" if m["id"] == self.default_session_id else "")
             for m in models
         ]
-        return _text("\n".join(lines), {"sessions": models})
+        return _text("\n".join(lines))
 
     async def _close_session(
         self, progress: ProgressReporter, session_id: str
@@ -463,7 +462,7 @@ class McpTools:
         ]
         if listing.get("truncated"):
             lines.append("(the listing was cut)")
-        return _text("\n".join(lines) or f"{path or 'The working folder'} is empty.", listing)
+        return _text("\n".join(lines) or f"{path or 'The working folder'} is empty.")
 
     async def _read_file(
         self, progress: ProgressReporter, path: str, session_id: str | None = None
@@ -502,7 +501,7 @@ class McpTools:
         else:
             data = content.encode("utf-8", "surrogatepass")
         entry = await self.backend.write_file(session_id, path, data)
-        return _text(f"Wrote {entry.get('path', path)} ({len(data)} bytes).", entry)
+        return _text(f"Wrote {entry.get('path', path)} ({len(data)} bytes).")
 
     async def _get_image(
         self,
@@ -643,7 +642,7 @@ def build_mcp_server(tools: McpTools, *, instructions: str | None = None) -> Ser
     )
 
 
-def _text(text: str, structured: Any = None) -> types.CallToolResult:
+def _text(text: str) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(text=text)])
 
 
