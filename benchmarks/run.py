@@ -1,6 +1,6 @@
 """Measure our path (client -> extension -> kernel) against the raw kernel floor, in one run.
 
-Usage: ``python benchmarks/run.py [--quick] [--live-only] [--json PATH] [--strict]``
+Usage: ``python benchmarks/run.py [--quick] [--live-only | --mcp-only] [--json PATH] [--strict]``
 
 Our path runs through real ``jupyter server`` subprocesses with the extension; the floor is
 jupyter_client's ``BlockingKernelClient`` driving an ipykernel from this process, doing the
@@ -13,6 +13,7 @@ line and its target. Every process started here is stopped on exit, Ctrl-C and e
 from __future__ import annotations
 
 import argparse
+import asyncio
 import atexit
 import base64
 import contextlib
@@ -975,6 +976,164 @@ class Benchmark:
         self.measure_streamed_roundtrip(session)
         self.measure_background_memory(session, server)
 
+    def run_mcp(self, stack: contextlib.ExitStack) -> None:
+        """Only the MCP lines: ``x=1`` over MCP (HTTP and stdio) against REST, and the start
+        of ``jupyter-exec mcp`` to its first tool result."""
+        progress("Starting a server for the MCP lines")
+        server = ServerProcess(self.work_dir, self.sweeper, kernel_pool={})
+        stack.callback(server.stop)
+        asyncio.run(self._measure_mcp(server))
+
+    async def _measure_mcp(self, server: ServerProcess) -> None:
+        """The MCP lines, in one event loop: the REST call blocks it (nothing else runs)."""
+        import httpx2  # noqa: PLC0415 - the [mcp] extra, needed by these lines only
+        from mcp.client.session import ClientSession  # noqa: PLC0415
+        from mcp.client.stdio import StdioServerParameters, stdio_client  # noqa: PLC0415
+        from mcp.client.streamable_http import streamable_http_client  # noqa: PLC0415
+
+        command = str(Path(sys.executable).with_name("jupyter-exec"))
+        env = {**os.environ, "JUPYTER_EXEC_URL": server.base_url + "/"}
+        env["JUPYTER_EXEC_TOKEN"] = server.token
+        rest_session = server.create_session()
+        calls = self.settings.roundtrip_calls
+        progress(f"MCP x=1 over HTTP and stdio against REST: {calls} calls each")
+        async with contextlib.AsyncExitStack() as stack:
+            http_client = await stack.enter_async_context(
+                httpx2.AsyncClient(headers={"Authorization": f"token {server.token}"}, timeout=60)
+            )
+            read, write, *_ = await stack.enter_async_context(
+                streamable_http_client(
+                    f"{server.base_url}/agent-sessions/mcp", http_client=http_client
+                )
+            )
+            http = await stack.enter_async_context(ClientSession(read, write))
+            await http.initialize()
+            created = await http.call_tool("create_session", {})
+            http_session = created.content[0].text.split()[1]  # type: ignore[union-attr]
+            parameters = StdioServerParameters(command=command, args=["mcp"], env=env)
+            read, write = await stack.enter_async_context(stdio_client(parameters))
+            stdio = await stack.enter_async_context(ClientSession(read, write))
+            await stdio.initialize()
+
+            def rest() -> None:
+                server.api(
+                    "POST", f"agent-sessions/{rest_session}/execute", json={"code": CALL_CODE}
+                )
+
+            async def over(session: Any, arguments: dict[str, str]) -> float:
+                started = time.perf_counter()
+                result = await session.call_tool("execute", {"code": CALL_CODE, **arguments})
+                if result.is_error:
+                    raise BenchmarkError(f"MCP execute failed: {result.content}")
+                return time.perf_counter() - started
+
+            # The same tools/call as one plain POST (requests, as the REST line): the
+            # server's share of the cost, without the SDK client's.
+            plain = requests.Session()
+            plain.headers.update(
+                {
+                    "Authorization": f"token {server.token}",
+                    "Accept": "application/json, text/event-stream",
+                    "Content-Type": "application/json",
+                }
+            )
+            plain_url = f"{server.base_url}/agent-sessions/mcp"
+            opened = plain.post(
+                plain_url,
+                data=json.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                    "protocolVersion": "2025-11-25", "capabilities": {},
+                    "clientInfo": {"name": "bench", "version": "1"}}}),
+                timeout=REQUEST_TIMEOUT,
+            )  # fmt: skip
+            plain.headers["mcp-session-id"] = opened.headers["mcp-session-id"]
+            plain.headers["mcp-protocol-version"] = "2025-11-25"
+            plain.post(
+                plain_url,
+                data='{"jsonrpc": "2.0", "method": "notifications/initialized"}',
+                timeout=REQUEST_TIMEOUT,
+            )
+            call = json.dumps(
+                {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+                    "name": "execute", "arguments": {"code": CALL_CODE, "session_id": http_session}}}
+            )  # fmt: skip
+
+            def plain_call() -> None:
+                answer = plain.post(plain_url, data=call, timeout=REQUEST_TIMEOUT)
+                if "status: ok" not in answer.text:
+                    raise BenchmarkError(f"MCP tools/call failed: {answer.text[:300]}")
+
+            for _ in range(self.settings.warmup_calls):
+                rest()
+                plain_call()
+                await over(http, {"session_id": http_session})
+                await over(stdio, {})
+            times: dict[str, list[float]] = {"rest": [], "plain": [], "http": [], "stdio": []}
+            while len(times["rest"]) < calls:
+                block = min(self.settings.roundtrip_block, calls - len(times["rest"]))
+                times["rest"].extend(timed(rest) for _ in range(block))
+                times["plain"].extend(timed(plain_call) for _ in range(block))
+                for _ in range(block):
+                    times["http"].append(await over(http, {"session_id": http_session}))
+                for _ in range(block):
+                    times["stdio"].append(await over(stdio, {}))
+        ms = {name: milliseconds(samples) for name, samples in times.items()}
+        details = {name: summary(samples) for name, samples in ms.items()}
+        for name, label in (("http", "Streamable HTTP"), ("stdio", "stdio")):
+            self.add(
+                Metric(
+                    f"mcp_{name}_roundtrip_median",
+                    f"MCP execute {CALL_CODE} over {label} vs REST, median",
+                    "ms",
+                    statistics.median(ms[name]),
+                    statistics.median(ms["rest"]),
+                    Target("ratio_max", 1.5),
+                    details,
+                )
+            )
+        self.add(
+            Metric(
+                "mcp_http_plain_roundtrip_median",
+                f"MCP execute {CALL_CODE} over HTTP as one plain POST (no SDK client), median",
+                "ms",
+                statistics.median(ms["plain"]),
+                statistics.median(ms["rest"]),
+                details=details,
+            )
+        )
+        await self._measure_mcp_start(command, env)
+
+    async def _measure_mcp_start(self, command: str, env: dict[str, str]) -> None:
+        """``jupyter-exec mcp`` from its start to its first ``execute`` result, pointed at
+        a running server (``env``) and starting its own."""
+        from mcp.client.session import ClientSession  # noqa: PLC0415
+        from mcp.client.stdio import StdioServerParameters, stdio_client  # noqa: PLC0415
+
+        local_env = {k: v for k, v in env.items() if not k.startswith("JUPYTER_EXEC_")}
+        environments = {"url": env, "local": local_env}
+        starts: dict[str, list[float]] = {"url": [], "local": []}
+        progress("jupyter-exec mcp: start to first tool result")
+        for _ in range(max(1, self.settings.startup_runs // 2)):
+            for mode, own_env in environments.items():
+                parameters = StdioServerParameters(command=command, args=["mcp"], env=own_env)
+                started = time.perf_counter()
+                async with (
+                    stdio_client(parameters) as (read, write),
+                    ClientSession(read, write) as session,
+                ):
+                    await session.initialize()
+                    await session.call_tool("execute", {"code": CALL_CODE})
+                    starts[mode].append(time.perf_counter() - started)
+        for mode, label in (("url", "a running server"), ("local", "its own local server")):
+            self.add(
+                Metric(
+                    f"mcp_stdio_start_{mode}",
+                    f"jupyter-exec mcp start to first execute result, {label}",
+                    "s",
+                    statistics.median(starts[mode]),
+                    details={"runs_s": [round(t, 3) for t in starts[mode]]},
+                )
+            )
+
     # -- phases ----------------------------------------------------------------------------
 
     def measure_print_latency(self, session: ExecutorSession, raw: RawKernel) -> None:
@@ -1628,6 +1787,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         help="only the live-output lines (streamed latency and cost, a big background run)",
     )
     parser.add_argument(
+        "--mcp-only",
+        action="store_true",
+        help="only the MCP lines: execute over Streamable HTTP and stdio against REST, and "
+        "the start of jupyter-exec mcp (needs the [mcp] extras)",
+    )
+    parser.add_argument(
         "--sandbox-only",
         action="store_true",
         help="only the sandbox lines: sandboxed sessions against unsandboxed ones",
@@ -1656,6 +1821,8 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             if arguments.live_only:
                 benchmark.run_live(stack)
+            elif arguments.mcp_only:
+                benchmark.run_mcp(stack)
             elif arguments.sandbox_only:
                 benchmark.measure_sandbox(stack)
             else:

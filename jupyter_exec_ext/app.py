@@ -5,6 +5,7 @@ from __future__ import annotations
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Type
 
+from . import mcp_endpoint
 from ._version import __version__
 from .events import AgentSessionEvents
 from .handlers import default_handlers
@@ -43,15 +44,31 @@ class AgentSessionsApp(ExtensionApp):
         )
         self.agent_session_manager.events = AgentSessionEvents.for_server(self.serverapp, self.log)
         self.settings.update({"agent_session_manager": self.agent_session_manager})
+        # MCP over HTTP, when the [mcp] extra is there (its route is added only then).
+        self.mcp_endpoint: mcp_endpoint.McpEndpoint | None = None
+        if mcp_endpoint.MISSING is None:
+            self.mcp_endpoint = mcp_endpoint.McpEndpoint(self.agent_session_manager, self.log)
+            self.settings["agent_sessions_mcp"] = self.mcp_endpoint
+        else:
+            self.log.info(
+                "Agent sessions: no MCP endpoint (agent-sessions/mcp), as %s; install "
+                "jupyter-exec-ext[mcp] to serve MCP",
+                mcp_endpoint.MISSING,
+            )
 
     def initialize_handlers(self) -> None:
         """Register the API routes (relative: the server adds its base_url)."""
         self.handlers.extend(default_handlers)
+        self.handlers.extend(mcp_endpoint.mcp_handlers())
 
     async def _start_jupyter_server_extension(self, serverapp: object) -> None:
         """Start the manager's background work once the server's loop runs."""
         await self.agent_session_manager.start()
+        if self.mcp_endpoint is not None:
+            await self.mcp_endpoint.start()
 
     async def stop_extension(self) -> None:
         """Shut every session's kernel down with the server."""
+        if self.mcp_endpoint is not None:
+            await self.mcp_endpoint.stop()
         await self.agent_session_manager.shutdown()

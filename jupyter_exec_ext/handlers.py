@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import math
 from typing import Any, BinaryIO
@@ -15,6 +16,7 @@ from tornado import web
 from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
+from . import images
 from .executions import Execution
 from .manager import AgentSessionManager
 from .spec import validation_error
@@ -262,14 +264,33 @@ class FileHandler(AgentSessionsAPIHandler):
     @web.authenticated
     @authorized
     async def get(self, session_id: str, file_id: str) -> None:
-        """Send the file's bytes with its media type."""
+        """Send the file's bytes with its media type; ``?max_size=N`` downscales an image to
+        N pixels on its long edge (and about 750 KB), for models."""
+        edge = None
+        if self.get_query_argument("max_size", None) is not None:
+            edge = int(_number_argument(self, "max_size", integer=True))
+            if not 16 <= edge <= 10_000:
+                raise web.HTTPError(400, "max_size must be a number of pixels from 16 to 10000")
         stored = self.agent_session_manager.get_file(session_id, file_id)
         try:
             # Opened through the store: the kernel may have swapped the file since get_file.
             handle = stored.open()
         except StoredFileChangedError as e:
             raise web.HTTPError(404, f"File not found in agent session {session_id}") from e
-        await self.send_file(handle, stored.mime_type, stored.size)
+        if edge is None or not stored.mime_type.startswith("image/"):
+            await self.send_file(handle, stored.mime_type, stored.size)
+            return
+        try:
+            with handle:
+                # Decoding a large image takes a while: off the server's loop.
+                data, mime_type = await asyncio.to_thread(
+                    images.downscale, handle, stored.mime_type, edge
+                )
+        except images.ImagesUnavailableError as e:
+            raise web.HTTPError(501, str(e)) from e
+        except images.NotAnImageError as e:
+            raise web.HTTPError(415, f"File {file_id}: {e}") from e
+        await self.send_file(io.BytesIO(data), mime_type, len(data))
 
 
 class WorkspaceRootHandler(AgentSessionsAPIHandler):

@@ -194,3 +194,42 @@ async def test_a_cookie_without_xsrf_cannot_write(
     [(method, path)] = [(m, p) for m, p in routes if p.endswith("/execute")]
     headers = {"Cookie": f"{login_cookie}; _xsrf={xsrf}", "X-XSRFToken": xsrf}
     assert await fetch(base + path, method, headers) == 200
+
+
+async def test_the_mcp_endpoint_needs_the_token_and_passes_the_authorizer(
+    api: Api, jp_serverapp: Any, jp_http_port: int
+) -> None:
+    """``agent-sessions/mcp`` (under the server's base_url) like every route: 403 without
+    the token or when the authorizer refuses ``execute`` on kernels, else the SDK answers."""
+    url = f"http://127.0.0.1:{jp_http_port}{jp_serverapp.base_url}agent-sessions/mcp"
+    initialize = (
+        '{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": '
+        '"2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}}'
+    )
+    token = jp_serverapp.identity_provider.token
+    assert (await api.request("GET")).status == 200  # the server listens
+
+    async def post(headers: dict[str, str]) -> Any:
+        request = HTTPRequest(
+            url, method="POST", body=initialize, request_timeout=60, headers={
+                "Accept": "application/json, text/event-stream",
+                "Content-Type": "application/json",
+                **headers,
+            },
+        )  # fmt: skip
+        try:
+            return await AsyncHTTPClient().fetch(request)
+        except HTTPClientError as e:
+            assert e.response is not None, e
+            return e.response
+
+    for headers in ({}, {"Authorization": "token wrong"}):
+        assert (await post(headers)).code == 403
+    assert isinstance(jp_serverapp.authorizer, PolicyAuthorizer)
+    jp_serverapp.authorizer.refused = frozenset({"execute"})
+    assert (await post({"Authorization": f"token {token}"})).code == 403
+    jp_serverapp.authorizer.refused = frozenset()
+    answer = await post({"Authorization": f"token {token}"})
+    assert answer.code == 200
+    assert answer.headers["Content-Type"].startswith("text/event-stream")
+    assert b'"serverInfo"' in answer.body

@@ -113,6 +113,8 @@ class Response:
     stream: LineStream | None = None
     #: Where a ``save_in`` request's answer was saved.
     saved_to: Path | None = None
+    #: The ``Content-Type`` header of an answer held in memory.
+    content_type: str = ""
 
 
 #: A call in progress: yields requests (or line reads), is sent their answers, returns the
@@ -341,6 +343,20 @@ class AgentSessionsAPI(JupyterRestAPI):
         if response.saved_to is None:
             raise self._malformed(request, response.body[:200])
         return response.saved_to
+
+    def file_bytes(
+        self, session_id: str, file_id: str, max_size: int | None = None
+    ) -> Flow[tuple[bytes, str]]:
+        """A captured file's bytes and media type; an image downscaled by the server to
+        ``max_size`` pixels on its long edge (and re-encoded when still large)."""
+        path = _session_path(session_id, "files", quote(file_id, safe=""))
+        if max_size is not None:
+            path += f"?max_size={max_size}"
+        request = Request("GET", path)
+        response: Response = yield request
+        if response.status != 200:
+            yield from self._checked(request, response)
+        return response.body, response.content_type.split(";")[0].strip()
 
     # -- the workspace -------------------------------------------------------------------
 

@@ -159,6 +159,7 @@ class SyncTransport:
                     response.reason,
                     response.getheader("Location", ""),
                     response.getheader("Content-Disposition", ""),
+                    content_type=response.getheader("Content-Type", ""),
                 )
         except BaseException as e:
             # Half a request or an unread answer leaves the connection unusable.

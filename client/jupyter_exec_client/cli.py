@@ -5,6 +5,7 @@ files in and out of a session's working folder."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import mimetypes
@@ -318,6 +319,28 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("path")
     files.set_defaults(handler=_files)
 
+    mcp = commands.add_parser(
+        "mcp",
+        parents=[server],
+        help="serve the session tools to an MCP client over stdio (needs the [mcp] extra)",
+        description="Serve MCP over stdin/stdout: tools to create sessions, run code in them "
+        "(state persists between calls), and move files. Without --url a local server is "
+        "started for the command's lifetime. The sessions it created are deleted when its "
+        "client goes away.",
+    )
+    mcp.add_argument(
+        "--kernel", default="python3", help="the kernel of new sessions (default: python3)"
+    )
+    mcp.add_argument(
+        "--sandbox",
+        choices=("none", "bubblewrap"),
+        help="isolate the local server's kernels ('bubblewrap': own folder, no network)",
+    )
+    mcp.add_argument(
+        "--log-file", help="keep the log of the local server in this file (default: not kept)"
+    )
+    mcp.set_defaults(handler=_mcp)
+
     sessions = commands.add_parser(
         "sessions", parents=[server], help="list the agent sessions of a running server"
     )
@@ -392,6 +415,30 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print(f"jupyter-exec: downloaded {remote} to {saved}", file=sys.stderr)
         return status
     return EXIT_OK  # pragma: no cover - the with block returns
+
+
+def _mcp(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        from .mcp_stdio import serve  # noqa: PLC0415 - the [mcp] extra, optional
+    except ImportError as e:
+        if e.name is None or e.name.split(".")[0] not in ("mcp", "mcp_types", "anyio"):
+            raise
+        print(
+            "jupyter-exec: error: 'jupyter-exec mcp' needs the MCP SDK: "
+            "pip install 'jupyter-exec-client[mcp]'",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    with contextlib.ExitStack() as stack:
+        if args.url:
+            if args.sandbox is not None:
+                parser.error("--sandbox is for the local server: a server at --url has its own")
+            connection = _connection_info(args, parser)
+        else:
+            local = stack.enter_context(_embedded_server(args.log_file, args.sandbox))
+            connection = local.connection_info
+        asyncio.run(serve(connection, args.kernel))
+    return EXIT_OK
 
 
 def _pair(item: str, option: str, parser: argparse.ArgumentParser) -> tuple[str, str | None]:
