@@ -119,7 +119,8 @@ def block(code: str) -> list[CodeBlock]:
 
 def assert_lost(output: str, old_session: str | None, new_session: str | None) -> None:
     """The lost-session result names both sessions and says the code was not run."""
-    assert old_session is not None and new_session is not None
+    assert old_session is not None
+    assert new_session is not None
     assert new_session != old_session
     assert f"agent session {old_session} was lost" in output
     assert f"new session {new_session} was started" in output
@@ -265,6 +266,7 @@ def test_cli_run_reports_a_lost_session_with_status_1(
     # The note comes where the CLI prints the server's notes: in brackets, on stdout.
     first, note = stdout.splitlines()
     assert first == "first cell"
-    assert note.startswith("[The agent session") and "This code was not run" in note
+    assert note.startswith("[The agent session")
+    assert "This code was not run" in note
     assert "second cell" not in stdout
     assert "cell 2/2 (line 8) failed" in stderr

@@ -292,6 +292,7 @@ class ExecutorCore:
             )
         else:
             session_id = self._open_session_id()
+
             def download(file_id: str) -> KernelFlow[Path]:
                 return self.api.download_file(session_id, file_id, self.output_dir)
 
