@@ -257,7 +257,7 @@ def preload(modules: list[str]) -> None:
             if e.name is not None and (name == e.name or name.startswith(e.name + ".")):
                 continue  # not installed here
             failed.append(f"{name} ({type(e).__name__}: {e})")
-        except Exception as e:  # noqa: BLE001 - any module's error must not stop the others
+        except Exception as e:
             failed.append(f"{name} ({type(e).__name__}: {e})")
     if failed:
         raise ImportError(f"could not preload {', '.join(failed)}")

@@ -35,8 +35,7 @@ async def test_the_default_preload_is_imported_and_the_namespace_stays_clean(
     assert loaded["output"] == "[True, True, True]\n"
     namespace = await api.execute(session["id"], NAMESPACE_PROBE)
     assert namespace["output"] == (
-        "['In', 'Out', 'exit', 'get_ipython', 'open', 'quit', 'sys']\n"
-        "sys\t \n"
+        "['In', 'Out', 'exit', 'get_ipython', 'open', 'quit', 'sys']\nsys\t \n"
     )
     # A first plot with the preloaded pyplot comes out inline, once.
     plot = await api.execute(
