@@ -1570,10 +1570,7 @@ class Benchmark:
 
     def measure_prints(self, session: OurSession, raw: RawKernel) -> None:
         """``print('x' * N)`` for 1 MB and 10 MB, end to end."""
-        for megabytes, calls in (
-            (1, self.settings.print_1mb_calls),
-            (10, self.settings.print_10mb_calls),
-        ):
+        for megabytes, calls in ((1, self.settings.print_1mb_calls), (10, self.settings.print_10mb_calls)):
             progress(f"Print {megabytes} MB: {calls} calls each")
             code = f"print('x' * {megabytes * MEGABYTE})"
             ours: list[float] = []
@@ -1693,11 +1690,7 @@ class Benchmark:
                 statistics.median(ours_ms),
                 statistics.median(floor_ms),
                 Target("ratio_max", 1.1),
-                {
-                    "how": "POST /api/agent-sessions",
-                    "ours": summary(ours_ms),
-                    "raw": summary(floor_ms),
-                },
+                {"how": "POST /api/agent-sessions", "ours": summary(ours_ms), "raw": summary(floor_ms)},
             )
         )
 
@@ -1787,18 +1780,18 @@ class Benchmark:
         time.sleep(1.0)
         rss_full = server.rss_after_gc()
         memory = Metric(
-            "memory_per_session",
-            "server memory per session",
-            "MB",
-            (rss_full - rss_empty) / count / 1e6,
-            target=Target("max", 2.0, "MB"),
-            details={
-                "sessions": count,
-                "rss_without_sessions_mb": round(rss_empty / 1e6, 2),
-                "rss_with_sessions_mb": round(rss_full / 1e6, 2),
-                "pool": "off (this server has kernel_pool={})",
-            },
-        )
+                "memory_per_session",
+                "server memory per session",
+                "MB",
+                (rss_full - rss_empty) / count / 1e6,
+                target=Target("max", 2.0, "MB"),
+                details={
+                    "sessions": count,
+                    "rss_without_sessions_mb": round(rss_empty / 1e6, 2),
+                    "rss_with_sessions_mb": round(rss_full / 1e6, 2),
+                    "pool": "off (this server has kernel_pool={})",
+                },
+            )
         self.add(memory)
 
         progress(f"Server CPU with {count} idle sessions, over {settings.cpu_window:g} s")
@@ -1994,9 +1987,7 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {machine['cpu_model']}, {machine['cores']} cores, "
         f"{machine['memory_gb']} GB, load {machine['load_average']} at start",
         f"python {machine['python']}; "
-        + ", ".join(
-            f"{name} {version}" for name, version in machine["packages"].items() if version
-        ),
+        + ", ".join(f"{name} {version}" for name, version in machine["packages"].items() if version),
         f"our path: {benchmark.ours.description}",
     ]
     print(render_table(benchmark.metrics, header))
