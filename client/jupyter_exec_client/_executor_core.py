@@ -346,14 +346,17 @@ class ExecutorCore:
     def _replace_lost_session(self) -> KernelFlow[str]:
         """Start a new session for one the server no longer has; return what to tell the user.
 
-        While the server is down this raises ServerConnectionError and the executor keeps
-        the old id, so the next call asks again.
+        When no new session can be made (the server went down again, it is full) the error
+        is raised and the executor keeps the lost id, so the next call finds it gone and
+        says so, instead of silently running in a new session.
         """
         old = self.session_id
         self.state = "new"
-        self.session_id = None
-        self._kernel_id = None
-        yield from self.start()
+        try:
+            yield from self.start()
+        except BaseException:
+            self.state = "open"
+            raise
         return LOST_SESSION_MESSAGE.format(old=old, new=self.session_id)
 
     def wait_execution(
