@@ -259,8 +259,34 @@ def preload(modules: list[str]) -> None:
             failed.append(f"{name} ({type(e).__name__}: {e})")
         except Exception as e:
             failed.append(f"{name} ({type(e).__name__}: {e})")
+    if any(name.split(".")[0] == "matplotlib" for name in modules):
+        try:
+            _draw_a_first_figure()
+        except Exception as e:
+            failed.append(f"a first matplotlib figure ({type(e).__name__}: {e})")
     if failed:
         raise ImportError(f"could not preload {', '.join(failed)}")
+
+
+def _draw_a_first_figure() -> None:
+    """Render one small figure to PNG in memory, so a session's first plot finds fonts,
+    text layout and the PNG writer loaded (~80 ms of a first plot, after the imports).
+
+    It uses matplotlib's object API, not pyplot: no figure number is taken and nothing is
+    left for the inline backend to show.
+    """
+    matplotlib = sys.modules.get("matplotlib")
+    if matplotlib is None:
+        return
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    figure = Figure(figsize=(2, 1.5), dpi=50)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.plot([0, 1], [0, 1])
+    axes.set_title("warm-up")
+    figure.savefig(io.BytesIO(), format="png")
 
 
 def _own_source() -> str:
