@@ -37,11 +37,16 @@ async def test_the_default_preload_is_imported_and_the_namespace_stays_clean(
     assert namespace["output"] == (
         "['In', 'Out', 'exit', 'get_ipython', 'open', 'quit', 'sys']\nsys\t \n"
     )
-    # A first plot with the preloaded pyplot comes out inline, once.
+    # The warm-up figure left no pyplot figure; a first plot comes out inline, once.
     plot = await api.execute(
-        session["id"], "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()"
+        session["id"],
+        "import matplotlib.pyplot as plt\nprint(plt.get_fignums())\nplt.plot([1, 2])\n"
+        "print(plt.get_fignums())\nplt.show()",
     )
+    assert plot["output"].startswith("[]\n[1]\n")
     assert [f["mime_type"] for f in plot["files"]] == ["image/png"]
+    after = await api.execute(session["id"], "print(plt.get_fignums())")
+    assert (after["output"], after["files"]) == ("[]\n", [])
 
 
 @pytest.mark.parametrize(
