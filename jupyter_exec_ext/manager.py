@@ -161,6 +161,14 @@ class AgentSessionManager(LoggingConfigurable):
         "turns preloading off.",
     )
 
+    kernel_pool_refill_delay = Float(
+        1.0,
+        config=True,
+        help="Seconds after a session takes a pooled kernel before the pool starts its "
+        "replacement, so the replacement's boot and preload (over a second of CPU) do not "
+        "slow the new session's first call, which usually comes at once. 0 refills at once.",
+    )
+
     max_sessions = Integer(
         100,
         config=True,
@@ -787,9 +795,10 @@ class AgentSessionManager(LoggingConfigurable):
                     raise
             return connection
         finally:
-            # Refilled only now: a kernel starting meanwhile would take the event loop and a
-            # core from this one's set-up (~20 ms of the server's time to launch, then a boot).
-            self._pool.fill()
+            # Refilled only later: a kernel starting meanwhile would take the event loop and a
+            # core from this one's set-up and the session's first call (~20 ms of the server's
+            # time to launch, then a boot and the preload's imports, over a second of CPU).
+            self._pool.fill_later(self.kernel_pool_refill_delay)
 
     async def _start_pooled_kernel(self, kernel_name: str) -> KernelConnection:
         """Start a kernel for the pool, with the kernel helper already loaded."""
