@@ -1104,6 +1104,8 @@ class Benchmark:
                 raise BenchmarkError(f"Our first plot failed: {result.output[:300]}")
             kernel = RawKernel.start()
             try:
+                # The pool's refill must not load the machine under the raw side's plot.
+                server.wait_for_pool(DEFAULT_POOL_SIZE)
                 self._idle()
                 started = time.perf_counter()
                 raw_plot_to_disk_first(kernel, self.output_dir)
