@@ -104,6 +104,14 @@ class Settings:
     latency_calls: int = 100
     streamed_calls: int = 200
     background_megabytes: int = 100
+    #: Samples a side of each after-idle line (each costs ``idle_pause`` seconds or more).
+    rhythm_calls: int = 25
+    rhythm_creations: int = 12
+    first_plots: int = 6
+    #: Seconds of idle before each after-idle sample: an agent's model thinking.
+    idle_pause: float = 2.0
+    #: Idle session counts the many-sessions lines step through.
+    session_steps: tuple[int, ...] = (1, 50, 100, 200)
 
 
 FULL = Settings(
@@ -142,6 +150,10 @@ QUICK = Settings(
     latency_calls=10,
     streamed_calls=20,
     background_megabytes=10,
+    rhythm_calls=3,
+    rhythm_creations=2,
+    first_plots=1,
+    session_steps=(1, 10),
 )
 
 
@@ -1134,6 +1146,279 @@ class Benchmark:
                 )
             )
 
+    # -- the agent's rhythm: calls after idle, the first plot ------------------------------
+
+    def run_rhythm(self, stack: contextlib.ExitStack) -> None:
+        """The after-idle lines: x=1 and a pooled session after 2 s idle, the first plot."""
+        progress("Starting a server with the default pool and preload, and a raw kernel")
+        server = ServerProcess(self.work_dir, self.sweeper, probe=True)
+        stack.callback(server.stop)
+        raw = RawKernel.start()
+        stack.callback(raw.shutdown)
+        server.wait_for_pool(DEFAULT_POOL_SIZE)
+        self.ours.check(server, self.output_dir)
+        if self.ours.client is None:
+            raise BenchmarkError(f"The rhythm lines need the client: {self.ours.description}")
+        progress(f"Our path is driven by: {self.ours.description}")
+        session = ExecutorSession(self.ours.client, server, self.output_dir)
+        stack.callback(session.close)
+        raw_after_idle = self.measure_call_after_idle(session, raw)
+        session.close()
+        raw.shutdown()
+        self.measure_creation_after_idle(server, raw_after_idle)
+        self.measure_first_plot(server)
+
+    def _idle(self) -> None:
+        time.sleep(self.settings.idle_pause)
+
+    def measure_call_after_idle(self, session: ExecutorSession, raw: RawKernel) -> list[float]:
+        """x=1 after idle, ours and raw interleaved; return the raw samples (ms)."""
+        calls = self.settings.rhythm_calls
+        pause = self.settings.idle_pause
+        progress(f"x=1 after {pause:g} s idle: {calls} calls each, interleaved")
+        for _ in range(self.settings.warmup_calls):
+            session.run(CALL_CODE)
+            raw.execute(CALL_CODE)
+        ours, floor = [], []
+        for _ in range(calls):
+            self._idle()
+            ours.append(timed(lambda: session.run(CALL_CODE)))
+            self._idle()
+            floor.append(timed(lambda: raw.execute(CALL_CODE)))
+        ours_ms, floor_ms = milliseconds(ours), milliseconds(floor)
+        self.add(
+            Metric(
+                "roundtrip_after_idle",
+                f"x=1 after {pause:g} s idle, median",
+                "ms",
+                statistics.median(ours_ms),
+                statistics.median(floor_ms),
+                target=Target("ratio_max", 1.3),
+                details={"ours": summary(ours_ms), "raw": summary(floor_ms), "idle_s": pause},
+            )
+        )
+        return floor_ms
+
+    def measure_creation_after_idle(self, server: ServerProcess, raw_ms: list[float]) -> None:
+        """A pooled session created by a new executor after idle, against raw x=1 after idle."""
+        assert self.ours.client is not None
+        client = self.ours.client
+        count = self.settings.rhythm_creations
+        pause = self.settings.idle_pause
+        progress(f"Pooled sessions after {pause:g} s idle: {count} executors created")
+        info = client.JupyterConnectionInfo(
+            host="127.0.0.1", use_https=False, port=server.port, token=server.token
+        )
+        durations = []
+        for _ in range(count):
+            server.wait_for_pool(DEFAULT_POOL_SIZE)
+            self._idle()
+            started = time.perf_counter()
+            executor = client.JupyterCodeExecutor(info, output_dir=self.output_dir)
+            durations.append(time.perf_counter() - started)
+            executor.stop()
+        durations_ms = milliseconds(durations)
+        self.add(
+            Metric(
+                "session_from_pool_after_idle",
+                f"pooled session after {pause:g} s idle (vs raw x=1 after idle)",
+                "ms",
+                statistics.median(durations_ms),
+                statistics.median(raw_ms),
+                target=Target("ratio_max", 1.5),
+                details={
+                    "how": "JupyterCodeExecutor(...) after idle, the pool refilled before",
+                    **summary(durations_ms),
+                },
+            )
+        )
+
+    def measure_first_plot(self, server: ServerProcess) -> None:
+        """A new session's first call importing matplotlib and plotting, request to PNG on
+        disk, against the same first call on a freshly started raw kernel."""
+        assert self.ours.client is not None
+        client = self.ours.client
+        count = self.settings.first_plots
+        progress(f"First plot of a new session vs a fresh raw kernel: {count} each")
+        info = client.JupyterConnectionInfo(
+            host="127.0.0.1", use_https=False, port=server.port, token=server.token
+        )
+        block = getattr(client, "CodeBlock", _CodeBlock)(code=PLOT_WARMUP_CODE, language="python")
+        ours, floor, creations = [], [], []
+        pooled_uss: list[float] = []
+        for _ in range(count):
+            server.wait_for_pool(DEFAULT_POOL_SIZE)
+            pooled_uss.append(sum(_uss(p) for p in server.kernel_processes()) / DEFAULT_POOL_SIZE)
+            self._idle()
+            started = time.perf_counter()
+            executor = client.JupyterCodeExecutor(info, output_dir=self.output_dir)
+            created = time.perf_counter()
+            try:
+                result = executor.execute_code_blocks([block])
+                ours.append(time.perf_counter() - created)
+            finally:
+                executor.stop()
+            creations.append(created - started)
+            if result.exit_code != 0 or len(result.output_files) != 1:
+                raise BenchmarkError(f"Our first plot failed: {result.output[:300]}")
+            kernel = RawKernel.start()
+            try:
+                # The pool's refill must not load the machine under the raw side's plot.
+                server.wait_for_pool(DEFAULT_POOL_SIZE)
+                self._idle()
+                started = time.perf_counter()
+                raw_plot_to_disk_first(kernel, self.output_dir)
+                floor.append(time.perf_counter() - started)
+            finally:
+                kernel.shutdown()
+        ours_ms, floor_ms = milliseconds(ours), milliseconds(floor)
+        self.add(
+            Metric(
+                "first_plot",
+                "first plot of a new session (vs a fresh raw kernel)",
+                "ms",
+                statistics.median(ours_ms),
+                statistics.median(floor_ms),
+                target=Target("ratio_max", 0.25),
+                details={
+                    "ours": summary(ours_ms),
+                    "raw": summary(floor_ms),
+                    "session_creation_ms": summary(milliseconds(creations)),
+                    "pooled_kernel_uss_mb": round(statistics.median(pooled_uss) / 1e6, 1),
+                },
+            )
+        )
+        self.measure_pool_memory(server, statistics.median(pooled_uss))
+
+    def measure_pool_memory(self, server: ServerProcess, preloaded_uss: float) -> None:
+        """What a pooled kernel holds with the default preload, against one without."""
+        plain = ServerProcess(
+            self.work_dir,
+            self.sweeper,
+            probe=True,
+            extra_args=("--AgentSessionManager.kernel_pool_preload=[]",),
+        )
+        try:
+            plain.wait_for_pool(DEFAULT_POOL_SIZE)
+            time.sleep(1.0)
+            plain_uss = sum(_uss(p) for p in plain.kernel_processes()) / DEFAULT_POOL_SIZE
+        finally:
+            plain.stop()
+        self.add(
+            Metric(
+                "pooled_kernel_memory",
+                "memory of a pooled kernel, preloaded (vs no preload)",
+                "MB",
+                preloaded_uss / 1e6,
+                plain_uss / 1e6,
+                details={"pool_size": DEFAULT_POOL_SIZE, "measure": "USS per kernel process"},
+            )
+        )
+
+    # -- hundreds of idle sessions --------------------------------------------------------
+
+    def run_many_sessions(self, stack: contextlib.ExitStack) -> None:
+        """Idle sessions raised step by step: idle CPU, create/list/x=1 latency, memory."""
+        steps = self.settings.session_steps
+        progress(f"Starting a server (no pool) for up to {steps[-1]} idle sessions")
+        server = ServerProcess(
+            self.work_dir,
+            self.sweeper,
+            kernel_pool={},
+            probe=True,
+            extra_args=("--AgentSessionManager.max_sessions=0",),
+        )
+        stack.callback(server.stop)
+        self.ours.check(server, self.output_dir)
+        sessions: list[OurSession] = []
+        rss_empty = server.rss_after_gc()
+        baseline: dict[str, float] = {}
+        per_session_mb = 0.0
+        for step in steps:
+            missing = step - len(sessions)
+            progress(f"  raising to {step} idle sessions")
+            with ThreadPoolExecutor(SETUP_PARALLELISM) as pool:
+                opened = list(
+                    pool.map(lambda _: self.ours.open(server, self.output_dir), range(missing))
+                )
+                list(pool.map(lambda s: s.run(CALL_CODE), opened))
+            for session in opened:
+                stack.callback(session.close)
+            sessions.extend(opened)
+            time.sleep(2.0)
+            before = server.cpu_seconds()
+            time.sleep(self.settings.cpu_window)
+            cpu = (server.cpu_seconds() - before) / self.settings.cpu_window * 100
+            latencies = self._many_latencies(server, sessions[0])
+            kernels = server.kernel_processes()
+            kernel_uss = statistics.median(_uss(p) for p in kernels) if kernels else 0.0
+            server_share = (server.rss_after_gc() - rss_empty) / step
+            per_session_mb = (kernel_uss + server_share) / 1e6
+            if not baseline:
+                baseline = latencies
+            self.add(
+                Metric(
+                    f"idle_sessions_{step}",
+                    f"{step} idle sessions: server CPU",
+                    "% core",
+                    cpu,
+                    target=Target("max", 1.0, "% core"),
+                    details={
+                        "latency_ms": {k: round(v, 2) for k, v in latencies.items()},
+                        "latency_vs_one_session": {
+                            k: round(v / baseline[k], 2) for k, v in latencies.items()
+                        },
+                        "kernel_uss_mb": round(kernel_uss / 1e6, 1),
+                        "server_share_mb": round(server_share / 1e6, 3),
+                        "memory_per_session_mb": round(per_session_mb, 1),
+                    },
+                )
+            )
+            for name, value in latencies.items():
+                if step != steps[0]:
+                    self.add(
+                        Metric(
+                            f"idle_sessions_{step}_{name}",
+                            f"{name} with {step} idle sessions (vs 1 session; no pool)",
+                            "ms",
+                            value,
+                            baseline[name],
+                            target=Target("ratio_max", 1.2, against="1 session"),
+                        )
+                    )
+        available = psutil.virtual_memory().available
+        self.add(
+            Metric(
+                "sessions_per_gb",
+                "idle sessions per GB (kernel USS + server share)",
+                "sessions",
+                1e3 / per_session_mb if per_session_mb else None,
+                details={
+                    "memory_per_session_mb": round(per_session_mb, 1),
+                    "more_that_fit_now": int(available / (per_session_mb * 1e6))
+                    if per_session_mb
+                    else None,
+                },
+            )
+        )
+
+    def _many_latencies(self, server: ServerProcess, session: OurSession) -> dict[str, float]:
+        """Median ms of a create (+delete), a list and x=1 on one of the idle sessions."""
+        samples: dict[str, list[float]] = {"create": [], "list": [], "x=1": []}
+        for _ in range(max(3, self.settings.rhythm_creations // 2)):
+            session_id = ""
+
+            def create() -> None:
+                nonlocal session_id
+                session_id = server.create_session()
+
+            samples["create"].append(timed(create))
+            server.delete_session(session_id)
+            samples["list"].append(timed(lambda: server.api("GET", "agent-sessions")))
+        for _ in range(self.settings.latency_calls // 2):
+            samples["x=1"].append(timed(lambda: session.run(CALL_CODE)))
+        return {name: statistics.median(milliseconds(values)) for name, values in samples.items()}
+
     # -- phases ----------------------------------------------------------------------------
 
     def measure_print_latency(self, session: ExecutorSession, raw: RawKernel) -> None:
@@ -1760,6 +2045,23 @@ class Benchmark:
         memory.details["rss_after_deleting_sessions_mb"] = round(server.rss_after_gc() / 1e6, 2)
 
 
+def _uss(process: psutil.Process) -> float:
+    """Memory only this process holds (bytes); 0 for one that is gone."""
+    with contextlib.suppress(psutil.Error):
+        return float(process.memory_full_info().uss)
+    return 0.0
+
+
+def raw_plot_to_disk_first(kernel: RawKernel, output_dir: Path) -> Path:
+    """A fresh kernel's first plot to disk: the import of matplotlib included."""
+    images = kernel.execute(PLOT_WARMUP_CODE).images
+    if len(images) != 1:
+        raise BenchmarkError(f"The raw first plot gave {len(images)} PNGs, not one")
+    path = output_dir / f"{uuid.uuid4().hex}.png"
+    path.write_bytes(base64.b64decode(images[0]))
+    return path
+
+
 def png_size(path: Path) -> tuple[int, int]:
     """Width and height of the PNG at ``path``; fails when it is no PNG."""
     header = path.read_bytes()[:24]
@@ -1791,6 +2093,18 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="only the MCP lines: execute over Streamable HTTP and stdio against REST, and "
         "the start of jupyter-exec mcp (needs the [mcp] extras)",
+    )
+    parser.add_argument(
+        "--rhythm-only",
+        action="store_true",
+        help="only the agent's-rhythm lines: x=1 and a pooled session after 2 s idle, "
+        "interleaved with the raw kernel, and the first plot of a new session",
+    )
+    parser.add_argument(
+        "--many-sessions",
+        action="store_true",
+        help="only the many-sessions lines: up to 200 idle sessions (idle server CPU, "
+        "create/list/x=1 latency against one session, memory per session, sessions per GB)",
     )
     parser.add_argument(
         "--sandbox-only",
@@ -1825,6 +2139,10 @@ def main(argv: list[str] | None = None) -> int:
                 benchmark.run_mcp(stack)
             elif arguments.sandbox_only:
                 benchmark.measure_sandbox(stack)
+            elif arguments.rhythm_only:
+                benchmark.run_rhythm(stack)
+            elif arguments.many_sessions:
+                benchmark.run_many_sessions(stack)
             else:
                 benchmark.run(stack)
     finally:

@@ -11,6 +11,8 @@ from typing import Any
 
 from jupyter_core.utils import ensure_async
 
+import kernel_helper
+
 from .capture import OutputCapture
 from .channels import LocalKernelChannels
 
@@ -289,6 +291,20 @@ class KernelConnection:
         outcome = await self.execute(run_now or setup_code, capture, timeout, silent=True)
         if outcome.status != "ok":
             self._setup_failed(capture.result(outcome.status, None)["output"])
+
+    async def preload(self, modules: list[str], timeout: float) -> None:
+        """Import ``modules`` silently (into ``sys.modules``, no names bound); a module that
+        fails is logged: the kernel works without it."""
+        capture = OutputCapture(None)
+        outcome = await self.execute(
+            kernel_helper.preload_code(modules), capture, timeout, silent=True
+        )
+        if outcome.status != "ok":
+            result = capture.result(outcome.status, None)
+            # The helper's message names each module and its error; its traceback, only itself.
+            error = result.get("error") or {}
+            reason = error.get("evalue") or result["output"] or outcome.status
+            self.log.warning("Kernel %s: preloading modules failed: %s", self.kernel_id, reason)
 
     def update_env(self, env: dict[str, str]) -> None:
         """Add ``env`` to the environment the kernel's process gets at its next restart.

@@ -147,6 +147,30 @@ class AgentSessionManager(LoggingConfigurable):
         "An empty dict (or 0) turns the pool off.",
     )
 
+    kernel_pool_preload = List(
+        Unicode(),
+        default_value=["numpy", "pandas", "matplotlib.pyplot"],
+        config=True,
+        help="Modules imported into each pooled Python kernel while it waits for a session, so "
+        "a session's first import of them is instant (a first plot: ~0.2x the time of a new "
+        "kernel instead of ~0.6x). They go into sys.modules only: the session's namespace stays "
+        "empty until its code imports them; with matplotlib, one small figure is also drawn "
+        "to memory (object API, no pyplot figure), so fonts and the PNG writer are loaded. "
+        "Modules the kernel's Python lacks are skipped; one "
+        "that fails to import is logged and the kernel is used anyway. Each pooled kernel holds "
+        "what they take in memory (numpy, pandas and matplotlib: ~80 MB). Kernels started for "
+        "a session (no pooled one ready, a sandbox with env) do not preload. An empty list "
+        "turns preloading off.",
+    )
+
+    kernel_pool_refill_delay = Float(
+        1.0,
+        config=True,
+        help="Seconds after a session takes a pooled kernel before the pool starts its "
+        "replacement, so the replacement's boot and preload (over a second of CPU) do not "
+        "slow the new session's first call, which usually comes at once. 0 refills at once.",
+    )
+
     max_sessions = Integer(
         100,
         config=True,
@@ -783,9 +807,10 @@ class AgentSessionManager(LoggingConfigurable):
                     raise
             return connection
         finally:
-            # Refilled only now: a kernel starting meanwhile would take the event loop and a
-            # core from this one's set-up (~20 ms of the server's time to launch, then a boot).
-            self._pool.fill()
+            # Refilled only later: a kernel starting meanwhile would take the event loop and a
+            # core from this one's set-up and the session's first call (~20 ms of the server's
+            # time to launch, then a boot and the preload's imports, over a second of CPU).
+            self._pool.fill_later(self.kernel_pool_refill_delay)
 
     async def _start_pooled_kernel(self, kernel_name: str) -> KernelConnection:
         """Start a kernel for the pool, with the kernel helper already loaded."""
@@ -805,7 +830,7 @@ class AgentSessionManager(LoggingConfigurable):
             # Given explicitly (the same as the default) so that a session taking the kernel
             # can add its variables for the kernel's restarts (KernelManager.update_env).
             launch["env"] = dict(os.environ)
-        return await self.kernel_connection_class.start(
+        connection = await self.kernel_connection_class.start(
             self.kernel_manager,
             kernel_name,
             self.log,
@@ -813,6 +838,13 @@ class AgentSessionManager(LoggingConfigurable):
             setup_code=kernel_helper.setup_code() if python else None,
             **launch,
         )
+        if python and self.kernel_pool_preload:
+            try:
+                await connection.preload(self.kernel_pool_preload, self.kernel_start_timeout)
+            except BaseException:
+                await connection.discard()
+                raise
+        return connection
 
     def _move_pooled_folder(self, connection: KernelConnection, working_dir: Path) -> bool:
         """Give a pooled sandboxed kernel the session's folder; False when it cannot have it.

@@ -43,6 +43,13 @@ class KernelPool:
         """Ids of the kernels the pool holds."""
         return {c.kernel_id for ready in self._ready.values() for c in ready}
 
+    def fill_later(self, delay: float) -> None:
+        """:meth:`fill` after ``delay`` seconds (at once for 0); a fill already due stays."""
+        if delay <= 0:
+            self.fill()
+        elif self._retry is None and not self._closed:
+            self._retry = asyncio.get_running_loop().call_later(delay, self._retry_now)
+
     def fill(self) -> None:
         """Start kernels in the background until every kernel name has its count."""
         if self._closed:

@@ -15,6 +15,7 @@ import secrets
 import shutil
 import socket
 import sysconfig
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -478,8 +479,15 @@ def test_local_server_with_the_sandbox_runs_both_executors_sandboxed(
                 return (await executor.execute_code_blocks([block], None)).output
 
         assert asyncio.run(run_async()).strip() == SANDBOX_WORKING_DIR
-        # The pool's kernel, sandboxed as well; stopping the server ends it.
-        sandboxes = [p for p in server_process.children(recursive=True) if p.name() == "bwrap"]
+        # The pool's kernel, sandboxed as well (refilled a moment after the last session
+        # took one: kernel_pool_refill_delay); stopping the server ends it.
+        deadline = time.monotonic() + 60
+        while True:
+            children = server_process.children(recursive=True)
+            sandboxes = [p for p in children if p.name() == "bwrap"]
+            if sandboxes or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert sandboxes
     _, alive = psutil.wait_procs(sandboxes, timeout=10)
     assert alive == []

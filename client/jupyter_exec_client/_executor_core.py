@@ -34,6 +34,7 @@ from .errors import (
     ExecutorClosedError,
     ExtensionMissingError,
     ServerConnectionError,
+    SessionLostError,
     SessionNotFoundError,
 )
 from .outputs import OutputCallbacks, OutputDispatcher
@@ -48,6 +49,13 @@ Backend = Literal["agent-sessions", "kernels"]
 _WAIT_POLL = 60.0
 #: Times a followed execution's stream of events is opened again after a drop, in a row.
 _RECONNECTS = 5
+#: The result's text when the session was gone: an agent reads it and runs its code again.
+LOST_SESSION_MESSAGE = (
+    "The agent session {old} was lost (the server restarted, or the session was deleted), "
+    "and every variable, import and definition in it went with it. A new session {new} was "
+    "started in its place. This code was not run: run it again, with whatever it needs "
+    "(imports, data, definitions) set up anew."
+)
 
 
 class ExecutorCore:
@@ -190,7 +198,13 @@ class ExecutorCore:
             if self.kernels is not None:
                 result = yield from self.kernels.execute(code, self.timeout)
             else:
-                result = yield from self.api.execute(self._open_session_id(), code, self.timeout)
+                try:
+                    result = yield from self.api.execute(
+                        self._open_session_id(), code, self.timeout
+                    )
+                except SessionNotFoundError:
+                    outputs.append((yield from self._replace_lost_session()))
+                    return IPythonCodeResult(1, _join(outputs), files, changes)
             output, saved = yield from self._save_files(result)
             outputs.append(output)
             files.extend(saved)
@@ -278,11 +292,18 @@ class ExecutorCore:
             )
         else:
             session_id = self._open_session_id()
+
             def download(file_id: str) -> KernelFlow[Path]:
                 return self.api.download_file(session_id, file_id, self.output_dir)
 
             dispatcher = OutputDispatcher(callbacks, download)
-            stream = yield from self.api.execute_streamed(session_id, code, timeout)
+            try:
+                stream = yield from self.api.execute_streamed(session_id, code, timeout)
+            except SessionNotFoundError:
+                message = yield from self._replace_lost_session()
+                if callbacks.on_note is not None:
+                    callbacks.on_note(message)
+                return IPythonCodeResult(1, message, [], [])
             result = yield from self._follow(stream, dispatcher)
         return (yield from self._code_result(result, dispatcher.saved))
 
@@ -313,7 +334,30 @@ class ExecutorCore:
                 "streams output on this server too."
             )
         timeout = self.timeout if timeout is None else timeout
-        return (yield from self.api.start_execution(self._open_session_id(), code, timeout))
+        try:
+            return (yield from self.api.start_execution(self._open_session_id(), code, timeout))
+        except SessionNotFoundError as lost:
+            message = yield from self._replace_lost_session()
+            # No execution to hand back: the error says what happened, the next call works.
+            raise SessionLostError(
+                404, message, method=lost.method, url=lost.url, explanation=message
+            ) from lost
+
+    def _replace_lost_session(self) -> KernelFlow[str]:
+        """Start a new session for one the server no longer has; return what to tell the user.
+
+        When no new session can be made (the server went down again, it is full) the error
+        is raised and the executor keeps the lost id, so the next call finds it gone and
+        says so, instead of silently running in a new session.
+        """
+        old = self.session_id
+        self.state = "new"
+        try:
+            yield from self.start()
+        except BaseException:
+            self.state = "open"
+            raise
+        return LOST_SESSION_MESSAGE.format(old=old, new=self.session_id)
 
     def wait_execution(
         self, session_id: str, execution_id: str, timeout: float | None

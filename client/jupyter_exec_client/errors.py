@@ -8,7 +8,9 @@
     │   ├── AuthenticationError    401/403: a missing or wrong token
     │   ├── ExtensionMissingError  404: the server has no agent-session API (and no fallback)
     │   ├── SessionNotFoundError   404: the agent session (or, on a plain server, the kernel)
-    │   │                          is gone
+    │   │   │                      is gone
+    │   │   └── SessionLostError   an executor's session was gone and a new one replaced
+    │   │                          it (from a background start; runs return a result)
     │   ├── ExecutionNotFoundError 404: no background execution of that id (or it was
     │   │                          forgotten, past the server's finished_execution_ttl)
     │   ├── UnknownKernelError     (also ValueError) no kernel of that name
@@ -43,6 +45,7 @@ __all__ = [
     "JupyterExecError",
     "ServerConnectionError",
     "ServerStartError",
+    "SessionLostError",
     "SessionNotFoundError",
     "UnknownKernelError",
     "WorkspaceFileNotFoundError",
@@ -134,6 +137,14 @@ class ExtensionMissingError(APIError):
 
 class SessionNotFoundError(APIError):
     """The agent session no longer exists (deleted, culled, or the server restarted)."""
+
+
+class SessionLostError(SessionNotFoundError):
+    """An executor's session was gone and a new one replaced it; the call was not run.
+
+    Raised where no result can say so (a background start); ``execute_code_blocks`` and
+    ``run`` return a failed result with the same message instead.
+    """
 
 
 class ExecutionNotFoundError(APIError):
