@@ -156,20 +156,16 @@ class AgentSession:
                 outcome = await self._execute(code, timeout, capture)
             except asyncio.CancelledError:
                 capture.add_note("The client went away, so the call was interrupted.")
+                failed = capture.result("error", None)
                 if self.transcript is not None:
-                    self.transcript.append(code, capture.result("error", None), live)
-                if self.events is not None:
-                    self.events.execution_finished(
-                        self.id, capture.result("error", None), time.monotonic() - started
-                    )
+                    self.transcript.append(code, failed, live)
+                self._report_finished(failed, started)
                 raise
             except BaseException:
+                failed = capture.result("error", None)
                 if transcript is not None and live is not None:  # its running cell must end
-                    transcript.append(code, capture.result("error", None), live)
-                if self.events is not None:
-                    self.events.execution_finished(
-                        self.id, capture.result("error", None), time.monotonic() - started
-                    )
+                    transcript.append(code, failed, live)
+                self._report_finished(failed, started)
                 raise
             finally:
                 self.last_activity = utcnow()
@@ -182,9 +178,13 @@ class AgentSession:
             result["workspace_changes"] = workspace_changes
             if self.transcript is not None:
                 self.transcript.append(code, result, live)
-            if self.events is not None:
-                self.events.execution_finished(self.id, result, time.monotonic() - started)
+            self._report_finished(result, started)
             return result
+
+    def _report_finished(self, result: dict[str, Any], started: float) -> None:
+        """Send the event of a call that started at ``started`` (monotonic) and ended so."""
+        if self.events is not None:
+            self.events.execution_finished(self.id, result, time.monotonic() - started)
 
     def _workspace_changes(self, capture: OutputCapture) -> list[dict[str, Any]]:
         """The files the call created, modified or deleted; a note when the list is cut."""
